@@ -1,0 +1,208 @@
+"""Per-mask sigmoid losses shared by the systems: focal and dice.
+
+Both take mask logits and binary targets of the same shape `(..., *spatial)`; the last
+`spatial_dims` axes are the pixels of one mask, everything before them indexes masks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
+
+__all__ = [
+    "DiceLoss",
+    "SigmoidFocalLoss",
+    "dice_loss",
+    "pairwise_dice_loss",
+    "sigmoid_focal_loss",
+]
+
+Reduction = Literal["none", "mean", "sum"]
+
+
+def _check_pair(logits: Tensor, targets: Tensor, name: str) -> None:
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"{name}: logits and targets must have the same shape, "
+            f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+
+
+def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "none":
+        return x
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "mean":
+        return x.mean()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Sigmoid focal loss (Lin et al., 2017), element-wise, via `torchvision.ops`.
+
+    `FL = -alpha_t (1 - p_t)^gamma log(p_t)`; a negative `alpha` disables the class weighting.
+
+    Args:
+        logits: Logits of any shape.
+        targets: Targets in `[0, 1]`, same shape as `logits`.
+        alpha: Weight of the positive class (`1 - alpha` for negatives).
+        gamma: Focusing exponent.
+        reduction: `"none"` (element-wise), `"mean"` over all elements, or `"sum"`.
+
+    Returns:
+        The loss, a scalar unless `reduction="none"`.
+
+    Raises:
+        ValueError: If the shapes differ or `reduction` is unknown.
+
+    Example:
+        >>> sigmoid_focal_loss(torch.zeros(2, 4), torch.ones(2, 4)).item() > 0
+        True
+    """
+    _check_pair(logits, targets, "sigmoid_focal_loss")
+    loss = _tv_sigmoid_focal_loss(logits, targets.to(logits.dtype), alpha, gamma, "none")
+    return _reduce(loss, reduction)
+
+
+def dice_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    spatial_dims: int = 2,
+    eps: float = 1.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Per-mask sigmoid dice loss `1 - (2 |p t| + eps) / (|p| + |t| + eps)`.
+
+    This is the DETR / Mask2Former mask dice (sigmoid, per mask, additive smoothing `eps`), not
+    kornia's multi-class softmax dice.
+
+    Args:
+        logits: Mask logits `(..., *spatial)`.
+        targets: Binary targets, same shape.
+        spatial_dims: How many trailing axes form one mask (2 for `(H, W)`, 1 for flattened).
+        eps: Additive smoothing in numerator and denominator.
+        reduction: `"none"` gives one value per mask `(...)`; `"mean"` / `"sum"` reduce them.
+
+    Returns:
+        The loss per mask, or its mean/sum.
+
+    Raises:
+        ValueError: If the shapes differ or there are fewer than `spatial_dims` axes.
+
+    Example:
+        >>> t = torch.zeros(1, 4, 4); t[0, :2] = 1
+        >>> round(dice_loss(torch.where(t > 0, 20.0, -20.0), t).item(), 4)
+        0.0
+    """
+    _check_pair(logits, targets, "dice_loss")
+    if logits.dim() < spatial_dims:
+        raise ValueError(
+            f"dice_loss: expected at least {spatial_dims} dims, got {tuple(logits.shape)}"
+        )
+    p = logits.sigmoid().flatten(-spatial_dims) if spatial_dims > 0 else logits.sigmoid()
+    t = targets.to(p.dtype).flatten(-spatial_dims) if spatial_dims > 0 else targets.to(p.dtype)
+    num = 2 * (p * t).sum(-1) + eps
+    den = p.sum(-1) + t.sum(-1) + eps
+    return _reduce(1 - num / den, reduction)
+
+
+def pairwise_dice_loss(logits: Tensor, targets: Tensor, *, eps: float = 1.0) -> Tensor:
+    """Dice loss between every prediction and every target, for matching costs.
+
+    Args:
+        logits: Flattened mask logits `(K, N)`.
+        targets: Flattened binary targets `(M, N)`.
+        eps: Additive smoothing.
+
+    Returns:
+        Cost matrix `(K, M)`; entry `(i, j)` equals `dice_loss(logits[i], targets[j])`.
+
+    Raises:
+        ValueError: If the inputs are not 2-D with the same `N`.
+    """
+    if logits.dim() != 2 or targets.dim() != 2 or logits.shape[1] != targets.shape[1]:
+        raise ValueError(
+            "pairwise_dice_loss: expected (K, N) and (M, N), got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    p = logits.sigmoid()
+    t = targets.to(p.dtype)
+    num = 2 * p @ t.T + eps
+    den = p.sum(-1, keepdim=True) + t.sum(-1)[None, :] + eps
+    return 1 - num / den
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Module form of `sigmoid_focal_loss`.
+
+    Example:
+        >>> SigmoidFocalLoss()(torch.zeros(3), torch.ones(3)).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self, *, alpha: float = 0.25, gamma: float = 2.0, reduction: Reduction = "mean"
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            alpha: Weight of the positive class.
+            gamma: Focusing exponent.
+            reduction: `"none"`, `"mean"` or `"sum"`.
+        """
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction: Reduction = reduction
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Compute the loss; see `sigmoid_focal_loss`."""
+        return sigmoid_focal_loss(
+            logits, targets, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction
+        )
+
+
+class DiceLoss(nn.Module):
+    """Module form of `dice_loss`.
+
+    Example:
+        >>> DiceLoss()(torch.zeros(2, 4, 4), torch.ones(2, 4, 4)).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self, *, spatial_dims: int = 2, eps: float = 1.0, reduction: Reduction = "mean"
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            spatial_dims: Trailing axes forming one mask.
+            eps: Additive smoothing.
+            reduction: `"none"`, `"mean"` or `"sum"`.
+        """
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.eps = eps
+        self.reduction: Reduction = reduction
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Compute the loss; see `dice_loss`."""
+        return dice_loss(
+            logits,
+            targets,
+            spatial_dims=self.spatial_dims,
+            eps=self.eps,
+            reduction=self.reduction,
+        )
+

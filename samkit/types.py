@@ -1,0 +1,299 @@
+"""Typed values that cross module boundaries, and the one shape legend of samkit.
+
+Axis legend (used in every docstring, `check_shape` pattern and einops expression):
+
+| letter | meaning |
+|---|---|
+| `B` | images in a batch |
+| `K` | prompts or queries per image |
+| `N` | tokens or points |
+| `T` | classes or texts |
+| `M` | masks (per prompt, or per image) |
+| `D` | channels |
+| `H, W` | image pixels |
+| `h, w` | feature (embedding) grid |
+| `L` | layers, or text length in tokens where it is stated |
+
+Coordinate frames:
+
+* **Original frame**: pixels of the image the user passed, `(H, W)`, `(x, y)` order for points and
+  `(x0, y0, x1, y1)` for boxes.
+* **SAM input frame**: the image resized so its long side is `img_size` (1024 for the official
+  models), then padded bottom/right to a square. Point and box prompts handed to SAM's prompt
+  encoder are in this frame. `ImageEmbedding.input_size` is the size of the resized, unpadded
+  image inside the square.
+
+Images are float tensors `(B, 3, H, W)` with RGB values in `[0, 1]`; each backbone applies its own
+normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ImageEmbedding",
+    "MaskPrediction",
+    "Prompts",
+    "TextEmbedding",
+]
+
+
+def _map_tensors(obj: object, fn: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor):
+            value = fn(value)  # type: ignore[operator]
+        elif isinstance(value, list) and value and all(isinstance(v, Tensor) for v in value):
+            value = [fn(v) for v in value]  # type: ignore[operator]
+        out[f.name] = value
+    return out
+
+
+class _TensorFieldsMixin:
+    """Adds `to(...)` and `detach()` to dataclasses whose fields are tensors."""
+
+    def to(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        """Return a copy with every tensor field moved/cast by `Tensor.to(*args, **kwargs)`."""
+        return type(self)(**_map_tensors(self, lambda t: t.to(*args, **kwargs)))  # type: ignore[call-arg]
+
+    def detach(self):  # type: ignore[no-untyped-def]
+        """Return a copy whose tensor fields are detached from the autograd graph."""
+        return type(self)(**_map_tensors(self, lambda t: t.detach()))  # type: ignore[call-arg]
+
+
+@dataclass
+class Prompts(_TensorFieldsMixin):
+    """Prompts for `K` prompt slots per image, in SAM's input frame.
+
+    Every field is optional; the ones given must agree on `B` and `K`. Within one prompt slot all
+    parts are combined, as SAM's prompt encoder does (points, then the two box corners, then any
+    raw sparse embeddings).
+
+    Attributes:
+        points: Point coordinates `(B, K, N, 2)` as `(x, y)` pixels in the SAM input frame.
+        labels: Point labels `(B, K, N)`: 1 foreground, 0 background, -1 padding.
+        boxes: Boxes `(B, K, 4)` as `(x0, y0, x1, y1)` in the SAM input frame.
+        masks: Mask-input logits `(B, K, 1, 4h, 4w)` (256x256 for the official SAM).
+        sparse_embeddings: Raw sparse prompt embeddings `(B, K, N, D)` appended after the
+            encoded points and boxes (SSP-SAM's semantic-spatial prompts enter this way).
+        dense_embeddings: Raw dense prompt embeddings `(B, K, D, h, w)` that replace the mask
+            embedding (or SAM's `no_mask_embed`) when given.
+
+    Example:
+        >>> p = Prompts(points=torch.zeros(2, 3, 1, 2), labels=torch.ones(2, 3, 1))
+        >>> p.batch_shape
+        (2, 3)
+    """
+
+    points: Tensor | None = None
+    labels: Tensor | None = None
+    boxes: Tensor | None = None
+    masks: Tensor | None = None
+    sparse_embeddings: Tensor | None = None
+    dense_embeddings: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) != (self.labels is None):
+            raise ValueError("Prompts: points and labels must be given together")
+        shapes = self._leading_shapes()
+        if len(set(shapes.values())) > 1:
+            got = ", ".join(f"{k}={v}" for k, v in shapes.items())
+            raise ValueError(f"Prompts: all fields must share (B, K); got {got}")
+        if self.points is not None and self.labels is not None:
+            if self.points.dim() != 4 or self.points.shape[-1] != 2:
+                raise ValueError(
+                    f"Prompts.points: expected (B, K, N, 2), got {tuple(self.points.shape)}"
+                )
+            if tuple(self.labels.shape) != tuple(self.points.shape[:3]):
+                raise ValueError(
+                    f"Prompts.labels: expected (B, K, N) = {tuple(self.points.shape[:3])}, "
+                    f"got {tuple(self.labels.shape)}"
+                )
+        if self.boxes is not None and (self.boxes.dim() != 3 or self.boxes.shape[-1] != 4):
+            raise ValueError(f"Prompts.boxes: expected (B, K, 4), got {tuple(self.boxes.shape)}")
+        if self.masks is not None and (self.masks.dim() != 5 or self.masks.shape[2] != 1):
+            raise ValueError(
+                f"Prompts.masks: expected (B, K, 1, 4h, 4w), got {tuple(self.masks.shape)}"
+            )
+        if self.sparse_embeddings is not None and self.sparse_embeddings.dim() != 4:
+            raise ValueError(
+                "Prompts.sparse_embeddings: expected (B, K, N, D), got "
+                f"{tuple(self.sparse_embeddings.shape)}"
+            )
+        if self.dense_embeddings is not None and self.dense_embeddings.dim() != 5:
+            raise ValueError(
+                "Prompts.dense_embeddings: expected (B, K, D, h, w), got "
+                f"{tuple(self.dense_embeddings.shape)}"
+            )
+
+    def _leading_shapes(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                if value.dim() < 2:
+                    raise ValueError(
+                        f"Prompts.{f.name}: expected leading (B, K) axes, got {tuple(value.shape)}"
+                    )
+                out[f.name] = (int(value.shape[0]), int(value.shape[1]))
+        return out
+
+    @property
+    def batch_shape(self) -> tuple[int, int] | None:
+        """`(B, K)` shared by the given fields, or `None` when no field is set."""
+        shapes = list(self._leading_shapes().values())
+        return shapes[0] if shapes else None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no field is set."""
+        return self.batch_shape is None
+
+
+@dataclass
+class MaskPrediction(_TensorFieldsMixin):
+    """Masks predicted for `K` prompts on each of `B` images, `M` candidates per prompt.
+
+    Attributes:
+        low_res_logits: Mask logits at the decoder's resolution `(B, K, M, 4h, 4w)` (256x256 for
+            the official SAM), in the padded SAM input frame.
+        iou_scores: Predicted mask quality `(B, K, M)`.
+        logits: Mask logits at the original image size `(B, K, M, H, W)`, or `None` when the
+            producer skipped upsampling (e.g. to save memory with many prompts).
+        mask_threshold: The logit threshold that separates foreground from background.
+        tokens: Optional decoder output tokens `(B, K, M, D)` for heads that need them.
+
+    Example:
+        >>> pred = MaskPrediction(low_res_logits=torch.randn(1, 2, 3, 8, 8),
+        ...                       iou_scores=torch.rand(1, 2, 3))
+        >>> pred.binary().shape
+        torch.Size([1, 2, 3, 8, 8])
+    """
+
+    low_res_logits: Tensor
+    iou_scores: Tensor
+    logits: Tensor | None = None
+    mask_threshold: float = 0.0
+    tokens: Tensor | None = None
+
+    def binary(self, threshold: float | None = None) -> Tensor:
+        """Boolean masks, at original size when `logits` is set, else at low resolution.
+
+        Args:
+            threshold: Logit threshold; defaults to `mask_threshold`.
+
+        Returns:
+            A bool tensor shaped like `logits` (or `low_res_logits`).
+        """
+        t = self.mask_threshold if threshold is None else threshold
+        src = self.logits if self.logits is not None else self.low_res_logits
+        return src > t
+
+    def best(self) -> MaskPrediction:
+        """Keep, for every prompt, the candidate with the highest predicted IoU (`M` becomes 1)."""
+        idx = self.iou_scores.argmax(dim=-1, keepdim=True)  # (B, K, 1)
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            gather_idx = idx.reshape(*idx.shape, *([1] * (x.dim() - 3))).expand(
+                *idx.shape, *x.shape[3:]
+            )
+            return torch.gather(x, 2, gather_idx)
+
+        low = pick(self.low_res_logits)
+        assert low is not None
+        return MaskPrediction(
+            low_res_logits=low,
+            iou_scores=torch.gather(self.iou_scores, 2, idx),
+            logits=pick(self.logits),
+            mask_threshold=self.mask_threshold,
+            tokens=pick(self.tokens),
+        )
+
+
+@dataclass
+class ImageEmbedding(_TensorFieldsMixin):
+    """SAM image embeddings of a batch of equally sized images.
+
+    Attributes:
+        embeddings: Image embeddings `(B, D, h, w)` (256x64x64 for the official SAM).
+        input_size: `(h_in, w_in)`: size of the resized image inside SAM's padded square.
+        original_size: `(H, W)`: size of the images before preprocessing.
+        intermediates: Optional encoder intermediate features (HQ-SAM style), each `(B, ...)`.
+
+    Example:
+        >>> emb = ImageEmbedding(torch.zeros(2, 256, 64, 64), (1024, 768), (480, 360))
+        >>> emb.batch_size
+        2
+    """
+
+    embeddings: Tensor
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    intermediates: list[Tensor] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of images `B`."""
+        return int(self.embeddings.shape[0])
+
+    def select(self, index: int | slice | Tensor) -> ImageEmbedding:
+        """Return the embedding of a subset of the batch (the sizes are shared)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return ImageEmbedding(
+            embeddings=self.embeddings[index],
+            input_size=self.input_size,
+            original_size=self.original_size,
+            intermediates=[t[index] for t in self.intermediates],
+        )
+
+
+@dataclass
+class TextEmbedding(_TensorFieldsMixin):
+    """L2-normalised text embeddings of `T` class names or sentences.
+
+    Attributes:
+        embeddings: Normalised joint-space embeddings `(T, D)`; one row per input text (after
+            template ensembling when templates were used).
+        texts: The input texts, in row order.
+        token_states: Optional per-token states `(T, L, D_t)` of the text transformer (after the
+            final LayerNorm, not projected), for word-level heads.
+        padding_mask: Optional `(T, L)` bool, True where `token_states` is padding.
+        tokens: Optional token ids `(T, L)` that produced `token_states`.
+
+    Example:
+        >>> te = TextEmbedding(torch.nn.functional.normalize(torch.randn(3, 8), dim=-1),
+        ...                    ["cat", "dog", "sky"])
+        >>> te.num_texts
+        3
+    """
+
+    embeddings: Tensor
+    texts: list[str]
+    token_states: Tensor | None = None
+    padding_mask: Tensor | None = None
+    tokens: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.embeddings.dim() != 2:
+            raise ValueError(
+                f"TextEmbedding.embeddings: expected (T, D), got {tuple(self.embeddings.shape)}"
+            )
+        if len(self.texts) != self.embeddings.shape[0]:
+            raise ValueError(
+                f"TextEmbedding: {len(self.texts)} texts but {self.embeddings.shape[0]} embeddings"
+            )
+        if (self.token_states is None) != (self.padding_mask is None):
+            raise ValueError("TextEmbedding: token_states and padding_mask must be given together")
+
+    @property
+    def num_texts(self) -> int:
+        """Number of texts `T`."""
+        return int(self.embeddings.shape[0])
