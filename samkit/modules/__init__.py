@@ -1,0 +1,3 @@
+"""Generic building blocks; they import neither upstream library."""
+
+__all__: list[str] = []
