@@ -297,3 +297,103 @@ class TextEmbedding(_TensorFieldsMixin):
     def num_texts(self) -> int:
         """Number of texts `T`."""
         return int(self.embeddings.shape[0])
+
+
+# --- SSP-SAM (issue 3) -------------------------------------------------------------------------
+
+
+@dataclass
+class LinguisticFeatures(_TensorFieldsMixin):
+    """Word- and sentence-level features of a linguistic attention adapter (SSP-SAM's LAD).
+
+    Attributes:
+        words: Projected word features `(B, L, D)` (`L` text tokens).
+        sentence: Phrase-attention pooled sentence vector `(B, D)`.
+        weights: Phrase-attention weights `(B, L)`; zero at padding, summing to one per text.
+
+    Example:
+        >>> f = LinguisticFeatures(torch.zeros(2, 5, 8), torch.zeros(2, 8), torch.full((2, 5), .2))
+        >>> f.sentence.shape
+        torch.Size([2, 8])
+    """
+
+    words: Tensor
+    sentence: Tensor
+    weights: Tensor
+
+
+@dataclass
+class SemanticSpatialPrompts(_TensorFieldsMixin):
+    """Output of a semantic-spatial prompt encoder: SAM sparse prompts plus an auxiliary box.
+
+    Attributes:
+        prompts: Prompt tokens `(B, K, D)` to hand to SAM as sparse prompt embeddings.
+        boxes: Auxiliary box `(B, 4)`, normalised `(cx, cy, w, h)` in `[0, 1]`.
+        tokens: All encoder output tokens `(B, 1 + K + N, D)` (register, prompts, fused).
+
+    Example:
+        >>> p = SemanticSpatialPrompts(torch.zeros(2, 4, 8), torch.rand(2, 4), torch.zeros(2, 9, 8))
+        >>> p.prompts.shape
+        torch.Size([2, 4, 8])
+    """
+
+    prompts: Tensor
+    boxes: Tensor
+    tokens: Tensor
+
+
+@dataclass
+class ReferringLossTerms(_TensorFieldsMixin):
+    """Weighted total and unweighted terms of a referring-segmentation loss (scalars).
+
+    Attributes:
+        total: Weighted sum of the terms; call `.backward()` on it.
+        dice: Mask dice loss.
+        focal: Mask sigmoid focal loss.
+        l1: Box L1 loss.
+        giou: Box generalised-IoU loss.
+
+    Example:
+        >>> z = torch.zeros(())
+        >>> ReferringLossTerms(z, z, z, z, z).total.shape
+        torch.Size([])
+    """
+
+    total: Tensor
+    dice: Tensor
+    focal: Tensor
+    l1: Tensor
+    giou: Tensor
+
+
+@dataclass
+class ReferringOutput(_TensorFieldsMixin):
+    """One mask, box and target decision per (image, expression) pair of a referring system.
+
+    Attributes:
+        low_res_logits: Mask logits `(B, 1, 4h, 4w)` in SAM's padded square input frame (the
+            decoder resolution, 256x256 for the official SAM).
+        iou_scores: SAM's predicted mask quality `(B, 1)`.
+        boxes: Auxiliary box `(B, 4)`, normalised `(cx, cy, w, h)` in the CLIP input canvas.
+        has_target: `(B,)` bool: whether the expression is judged to refer to anything (GRES).
+        prompts: The semantic-spatial prompts `(B, K, D)` that were given to SAM.
+        logits: Mask logits `(B, 1, H, W)` at the original image size, or `None` when not asked.
+
+    Example:
+        >>> out = ReferringOutput(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1), torch.rand(1, 4),
+        ...                       torch.tensor([False]), torch.zeros(1, 3, 4))
+        >>> out.binary().shape
+        torch.Size([1, 1, 8, 8])
+    """
+
+    low_res_logits: Tensor
+    iou_scores: Tensor
+    boxes: Tensor
+    has_target: Tensor
+    prompts: Tensor
+    logits: Tensor | None = None
+
+    def binary(self, threshold: float = 0.0) -> Tensor:
+        """Boolean masks at original size when `logits` is set, else in the low-res frame."""
+        src = self.logits if self.logits is not None else self.low_res_logits
+        return src > threshold
