@@ -397,3 +397,132 @@ class ReferringOutput(_TensorFieldsMixin):
         """Boolean masks at original size when `logits` is set, else in the low-res frame."""
         src = self.logits if self.logits is not None else self.low_res_logits
         return src > threshold
+
+
+@dataclass
+class Patches(_TensorFieldsMixin):
+    """SAM patches of one image: binary masks with their boxes and quality scores (SAM-CP).
+
+    Attributes:
+        masks: Binary patch masks `(N, H, W)` (bool) in the original frame.
+        boxes: Patch boxes `(N, 4)` as `(x0, y0, x1, y1)` pixels in the original frame.
+        scores: Patch quality scores `(N,)` (SAM's predicted IoU, or 1 for external patches).
+
+    Example:
+        >>> p = Patches(torch.zeros(3, 8, 8, dtype=torch.bool), torch.zeros(3, 4), torch.ones(3))
+        >>> p.num_patches, p.image_size
+        (3, (8, 8))
+    """
+
+    masks: Tensor
+    boxes: Tensor
+    scores: Tensor
+
+    def __post_init__(self) -> None:
+        if self.masks.dim() != 3:
+            raise ValueError(f"Patches.masks: expected (N, H, W), got {tuple(self.masks.shape)}")
+        n = self.masks.shape[0]
+        if tuple(self.boxes.shape) != (n, 4):
+            raise ValueError(f"Patches.boxes: expected ({n}, 4), got {tuple(self.boxes.shape)}")
+        if tuple(self.scores.shape) != (n,):
+            raise ValueError(f"Patches.scores: expected ({n},), got {tuple(self.scores.shape)}")
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patches `N`."""
+        return int(self.masks.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """`(H, W)` of the masks."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    def select(self, keep: Tensor) -> Patches:
+        """Return the patches picked by a bool mask or an index tensor `keep`."""
+        return Patches(self.masks[keep], self.boxes[keep], self.scores[keep])
+
+
+@dataclass
+class AffinityDecoderOutput(_TensorFieldsMixin):
+    """Per-layer outputs of SAM-CP's unified affinity decoder.
+
+    Attributes:
+        hidden_states: Normalised query states of every layer `(L, B, K, D)`.
+        affinities: Query-to-patch affinity logits of every layer `(L, B, K, N)` (the running
+            sum when affinity refinement is on).
+        boxes: Query reference boxes `(L + 1, B, K, 4)`, normalised `(cx, cy, w, h)`: the initial
+            references, then the merged box after every layer.
+    """
+
+    hidden_states: Tensor
+    affinities: Tensor
+    boxes: Tensor
+
+
+@dataclass
+class SAMCPOutput(_TensorFieldsMixin):
+    """Training-time outputs of SAM-CP for `B` images with up to `N` patches each.
+
+    Queries are ordered `[S semantic queries, N instance queries]`, `K = S + N`.
+
+    Attributes:
+        affinities: Affinity logits query -> patch for every decoder layer `(L, B, K, N)`.
+        class_logits: Class logits for every decoder layer `(L, B, K, T)` over all `T` classes
+            (things first, then stuff).
+        patch_boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
+        padding_mask: `(B, N)` bool, True at padded patch slots.
+        num_semantic: Number of semantic (stuff) queries `S`.
+        num_things: Number of thing classes among the `T`.
+        image_size: `(H, W)` of the input images.
+    """
+
+    affinities: Tensor
+    class_logits: Tensor
+    patch_boxes: Tensor
+    padding_mask: Tensor
+    num_semantic: int
+    num_things: int
+    image_size: tuple[int, int]
+
+
+@dataclass
+class PatchTargets(_TensorFieldsMixin):
+    """SAM-CP training targets of one image with `N` patches, `G` thing and `S` stuff segments.
+
+    Attributes:
+        thing_parts: Part labels `(N, G)`: 1 part, 0 negative, -1 ignore (`PartAssigner`).
+        thing_labels: Thing class ids `(G,)`, in `[0, num_things)`.
+        thing_boxes: Ground-truth boxes `(G, 4)`, `(x0, y0, x1, y1)` divided by `(W, H, W, H)`.
+        thing_valid: `(G,)` bool; False marks matches that are ignored (no part, or the union
+            box of its parts has IoU <= 0.5 with the ground-truth box).
+        semantic_parts: `(S, N)` float, 1 where the patch is a part of stuff class `s`.
+        semantic_positive: `(S,)` bool, True where stuff class `s` is present with >= 1 part.
+    """
+
+    thing_parts: Tensor
+    thing_labels: Tensor
+    thing_boxes: Tensor
+    thing_valid: Tensor
+    semantic_parts: Tensor
+    semantic_positive: Tensor
+
+
+@dataclass
+class PanopticResult(_TensorFieldsMixin):
+    """Panoptic, instance and semantic results for one image at its original size.
+
+    Attributes:
+        panoptic: Segment id per pixel `(H, W)` (long), 0 for void.
+        segments: One dict per segment id: `id`, `category_id`, `isthing`, `score`, `area`.
+        semantic: Class id per pixel `(H, W)` (long); `void_label` where nothing was kept.
+        instance_masks: Instance masks `(M, H, W)` (bool), sorted by score.
+        instance_scores: Instance scores `(M,)`.
+        instance_labels: Thing class ids `(M,)` (long).
+    """
+
+    panoptic: Tensor
+    segments: list[dict]
+    semantic: Tensor
+    instance_masks: Tensor
+    instance_scores: Tensor
+    instance_labels: Tensor
