@@ -1,0 +1,705 @@
+"""Segment Anything as a batched, differentiable, typed backbone.
+
+`build_sam_backbone(variant, checkpoint=None)` (variants `vit_b`, `vit_l`, `vit_h`, `tiny`) builds
+segment_anything's own `ImageEncoderViT`, `PromptEncoder` and `MaskDecoder` and wraps them in
+`SamBackbone`, which offers the whole SAM pipeline on tensors without going through
+`Sam.forward` (which is `no_grad` and decodes one image per call):
+
+    images (B, 3, H, W) in [0, 1]
+      -> preprocess -> encode -> ImageEmbedding (B, D, h, w)
+      -> embed_prompts(Prompts (B, K, ...)) -> sparse (B, K, N, D), dense (B, K, D, h, w)
+      -> decode -> MaskPrediction (B, K, M, 4h, 4w) [+ (B, K, M, H, W) at original size]
+
+`SamLike` is the protocol every SAM-style backend (HQ-SAM, SAM 2, MobileSAM, EfficientSAM)
+must satisfy to be used by samkit's systems.
+"""
+
+# b - images in a batch (B)
+# k - prompts per image (K)
+# n - tokens / points per prompt (N)
+# m - masks per prompt (M)
+# d - channels (D)
+# h w - embedding grid; H W - image pixels
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor, nn
+
+from samkit._checks import check_shape
+from samkit.backbones._sam_build import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    SAM_VARIANTS,
+    build_sam_parts,
+    load_strict,
+    read_state_dict,
+)
+from samkit.types import ImageEmbedding, MaskPrediction, Prompts
+
+__all__ = ["SamBackbone", "SamLike", "build_sam_backbone"]
+
+
+@runtime_checkable
+class SamLike(Protocol):
+    """What a SAM-style backend must provide to be plugged into samkit's systems.
+
+    The contract is SAM's "encode the image once, embed prompts, decode low-res mask logits and
+    IoU" pipeline, on batches: `B` images with `K` prompts each. All methods are differentiable
+    (no `torch.no_grad` inside); tensors follow the legend in `samkit.types`.
+
+    A backend adapter (HQ-SAM, SAM 2, MobileSAM, EfficientSAM, ...) implements:
+
+    * `img_size`: side `S` of the square model input; point and box prompts live in the SAM input
+      frame (the image resized so its long side is `S`).
+    * `prompt_dim`: width `D` of image embeddings and prompt tokens.
+    * `embedding_size`: the embedding grid `(h, w)`; low-res masks are `(4h, 4w)`.
+    * `mask_threshold`: logit threshold of a foreground pixel.
+    * `preprocess(images)`: `(B, 3, H, W)` in `[0, 1]` -> model input `(B, 3, S, S)` and the size
+      of the resized image inside it.
+    * `encode(images)` -> `ImageEmbedding` with `embeddings (B, D, h, w)`.
+    * `transform_coords` / `transform_boxes`: original frame -> SAM input frame.
+    * `dense_pe()`: the positional encoding of the embedding grid, `(1, D, h, w)`.
+    * `embed_prompts(prompts)`: `Prompts` -> `(sparse (B, K, N, D), dense (B, K, D, h, w))`.
+    * `decode(embedding, sparse, dense, multimask=..., upsample=...)` -> `MaskPrediction` with
+      `low_res_logits (B, K, M, 4h, 4w)`, `iou_scores (B, K, M)` and, with `upsample`,
+      `logits (B, K, M, H, W)`; `M` is 3 with `multimask` and 1 without.
+    * `predict(embedding, prompts, ...)`: `embed_prompts` followed by `decode`.
+    * `predict_points(embedding, points (B, N, 2), labels, ...)`: one prompt per point, in
+      batches; `K = N`.
+    * `postprocess_masks(masks (..., 4h, 4w), input_size, original_size)` -> `(..., H, W)`.
+
+    Example:
+        >>> sam = build_sam_backbone("tiny")
+        >>> isinstance(sam, SamLike)
+        True
+    """
+
+    img_size: int
+    prompt_dim: int
+    embedding_size: tuple[int, int]
+    mask_threshold: float
+
+    def preprocess(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Resize, normalise and pad `(B, 3, H, W)` images to the model input `(B, 3, S, S)`."""
+        ...
+
+    def encode(self, images: Tensor) -> ImageEmbedding:
+        """Embed `(B, 3, H, W)` images in `[0, 1]`."""
+        ...
+
+    def transform_coords(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
+        """Map `(..., 2)` `(x, y)` pixels from the original frame to the SAM input frame."""
+        ...
+
+    def transform_boxes(self, boxes: Tensor, original_size: tuple[int, int]) -> Tensor:
+        """Map `(..., 4)` boxes from the original frame to the SAM input frame."""
+        ...
+
+    def dense_pe(self) -> Tensor:
+        """Positional encoding of the embedding grid, `(1, D, h, w)`."""
+        ...
+
+    def embed_prompts(self, prompts: Prompts) -> tuple[Tensor, Tensor]:
+        """Embed prompts into `(sparse (B, K, N, D), dense (B, K, D, h, w))`."""
+        ...
+
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        sparse: Tensor,
+        dense: Tensor,
+        *,
+        multimask: bool = False,
+        upsample: bool = True,
+    ) -> MaskPrediction:
+        """Decode `K` prompts per image into masks."""
+        ...
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts,
+        *,
+        multimask: bool = False,
+        upsample: bool = True,
+    ) -> MaskPrediction:
+        """Embed and decode prompts."""
+        ...
+
+    def predict_points(
+        self,
+        embedding: ImageEmbedding,
+        points: Tensor,
+        labels: Tensor | None = None,
+        *,
+        batch_size: int = 64,
+        multimask: bool = True,
+        upsample: bool = False,
+    ) -> MaskPrediction:
+        """Run every point as its own prompt, `batch_size` prompts at a time."""
+        ...
+
+    def postprocess_masks(
+        self, masks: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> Tensor:
+        """Crop the padding of `(..., 4h, 4w)` masks and resize them to `(..., H, W)`."""
+        ...
+
+
+class SamBackbone(nn.Module):
+    """SAM's image encoder, prompt encoder and mask decoder with a batched, differentiable API.
+
+    The three components are segment_anything modules (so official checkpoints load with their
+    own keys `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`); the pipeline around them
+    is re-implemented on tensors so that it handles `B` images with `K` prompts each, keeps
+    gradients, and returns the decoder's mask tokens. Numerically it equals
+    `segment_anything.SamPredictor.predict_torch` on one image.
+
+    Example:
+        >>> sam = build_sam_backbone("tiny")
+        >>> emb = sam.encode(torch.rand(2, 3, 96, 128))
+        >>> emb.embeddings.shape
+        torch.Size([2, 32, 16, 16])
+        >>> prompts = Prompts(points=torch.rand(2, 5, 1, 2) * 96, labels=torch.ones(2, 5, 1))
+        >>> pred = sam.predict(emb, prompts, multimask=True)
+        >>> pred.low_res_logits.shape, pred.logits.shape, pred.tokens.shape
+        (torch.Size([2, 5, 3, 64, 64]), torch.Size([2, 5, 3, 96, 128]), torch.Size([2, 5, 3, 32]))
+    """
+
+    mask_threshold: float = 0.0
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+    ) -> None:
+        """Wrap already built SAM components.
+
+        Args:
+            image_encoder: A segment_anything `ImageEncoderViT` (or a module with the same
+                `img_size` attribute that maps `(B, 3, S, S)` to `(B, D, h, w)`).
+            prompt_encoder: A segment_anything `PromptEncoder`.
+            mask_decoder: A segment_anything `MaskDecoder`.
+            pixel_mean: Per-channel mean on the 0-255 scale.
+            pixel_std: Per-channel std on the 0-255 scale.
+        """
+        super().__init__()
+        self.image_encoder: ImageEncoderViT = image_encoder
+        self.prompt_encoder: PromptEncoder = prompt_encoder
+        self.mask_decoder: MaskDecoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.img_size: int = int(image_encoder.img_size)  # type: ignore[arg-type]
+        self.prompt_dim: int = int(prompt_encoder.embed_dim)  # type: ignore[arg-type]
+        grid = prompt_encoder.image_embedding_size
+        self.embedding_size: tuple[int, int] = (int(grid[0]), int(grid[1]))  # type: ignore[index]
+
+    # ------------------------------------------------------------------ building / weights
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.pixel_mean.device
+
+    @property
+    def num_multimask_outputs(self) -> int:
+        """Number of masks `M` returned with `multimask=True` (3 for SAM)."""
+        return int(self.mask_decoder.num_multimask_outputs)  # type: ignore[arg-type]
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Load an official SAM checkpoint (`.pth` or `.safetensors`) strictly, on the CPU first.
+
+        Args:
+            path: Local file with keys `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
+
+        Raises:
+            FileNotFoundError: If `path` does not exist (nothing is ever downloaded).
+            RuntimeError: Listing the missing and unexpected keys, or on a shape mismatch.
+        """
+        load_strict(self, read_state_dict(path), source=repr(str(path)))
+
+    def freeze(
+        self,
+        *,
+        image_encoder: bool = True,
+        prompt_encoder: bool = True,
+        mask_decoder: bool = True,
+    ) -> list[str]:
+        """Set which components are frozen (`requires_grad=False`); `False` unfreezes.
+
+        SSP-SAM, for example, trains only the mask decoder:
+        `sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)`.
+
+        Args:
+            image_encoder: Freeze the image encoder.
+            prompt_encoder: Freeze the prompt encoder.
+            mask_decoder: Freeze the mask decoder.
+
+        Returns:
+            The names of the parameters that remain trainable.
+        """
+        flags = {
+            "image_encoder": image_encoder,
+            "prompt_encoder": prompt_encoder,
+            "mask_decoder": mask_decoder,
+        }
+        for name, frozen in flags.items():
+            getattr(self, name).requires_grad_(not frozen)
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def to_segment_anything(self) -> Sam:
+        """A `segment_anything.modeling.Sam` that shares this backbone's modules (not copies).
+
+        Useful to run upstream tools (`SamPredictor`, `SamAutomaticMaskGenerator`) on the same
+        weights.
+        """
+        sam = Sam(
+            image_encoder=self.image_encoder,  # type: ignore[arg-type]
+            prompt_encoder=self.prompt_encoder,  # type: ignore[arg-type]
+            mask_decoder=self.mask_decoder,  # type: ignore[arg-type]
+            pixel_mean=self.pixel_mean.flatten().tolist(),
+            pixel_std=self.pixel_std.flatten().tolist(),
+        )
+        return sam.to(self.device).train(self.training)
+
+    # ------------------------------------------------------------------ frames
+
+    def _resized_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = ResizeLongestSide.get_preprocess_shape(
+            int(original_size[0]), int(original_size[1]), self.img_size
+        )
+        return int(h), int(w)
+
+    def preprocess(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Resize the long side to `img_size`, normalise with SAM's statistics, pad bottom/right.
+
+        The resize is bilinear with antialiasing, as `ResizeLongestSide.apply_image_torch`.
+
+        Args:
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]`.
+
+        Returns:
+            The model input `(B, 3, S, S)` (`S = img_size`) and `input_size = (h_in, w_in)`, the
+            size of the resized image inside the padded square.
+
+        Raises:
+            ValueError: If `images` is not `(B, 3, H, W)`.
+        """
+        sizes = check_shape(images, "B 3 H W", name="images")
+        input_size = self._resized_size((sizes["H"], sizes["W"]))
+        x = images
+        if input_size != (sizes["H"], sizes["W"]):
+            x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
+        mean = self.pixel_mean.to(x.dtype)
+        std = self.pixel_std.to(x.dtype)
+        x = (x * 255.0 - mean) / std
+        x = F.pad(x, (0, self.img_size - input_size[1], 0, self.img_size - input_size[0]))
+        return x, input_size
+
+    def transform_coords(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
+        """Map `(x, y)` pixel coordinates from the original frame to the SAM input frame.
+
+        Args:
+            coords: Coordinates `(..., 2)` in the original image of size `original_size`.
+            original_size: `(H, W)` of the original image.
+
+        Returns:
+            Float coordinates `(..., 2)` in the SAM input frame.
+        """
+        check_shape(coords, "... 2", name="coords")
+        new_h, new_w = self._resized_size(original_size)
+        scale = torch.tensor(
+            [new_w / original_size[1], new_h / original_size[0]], device=coords.device
+        )
+        out = coords.float() if not coords.is_floating_point() else coords
+        return out * scale.to(out.dtype)
+
+    def transform_boxes(self, boxes: Tensor, original_size: tuple[int, int]) -> Tensor:
+        """Map `(x0, y0, x1, y1)` boxes from the original frame to the SAM input frame.
+
+        Args:
+            boxes: Boxes `(..., 4)` in the original image of size `original_size`.
+            original_size: `(H, W)` of the original image.
+
+        Returns:
+            Float boxes `(..., 4)` in the SAM input frame.
+        """
+        check_shape(boxes, "... 4", name="boxes")
+        corners = rearrange(boxes, "... (c two) -> ... c two", two=2)
+        return rearrange(self.transform_coords(corners, original_size), "... c two -> ... (c two)")
+
+    def postprocess_masks(
+        self, masks: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> Tensor:
+        """Upscale low-res masks to `img_size`, crop the padding, resize to the original size.
+
+        Same as `segment_anything.modeling.Sam.postprocess_masks`, for any leading axes.
+
+        Args:
+            masks: Mask logits `(..., 4h, 4w)`.
+            input_size: `(h_in, w_in)` of the resized image inside the padded square.
+            original_size: `(H, W)` of the original image.
+
+        Returns:
+            Mask logits `(..., H, W)`.
+        """
+        check_shape(masks, "... h w", name="masks")
+        lead = masks.shape[:-2]
+        x = masks.reshape(-1, 1, *masks.shape[-2:])
+        x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        x = x[..., : input_size[0], : input_size[1]]
+        x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
+        return x.reshape(*lead, *x.shape[-2:])
+
+    # ------------------------------------------------------------------ encoder
+
+    def encode(self, images: Tensor) -> ImageEmbedding:
+        """Embed a batch of equally sized images.
+
+        Args:
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]`.
+
+        Returns:
+            `ImageEmbedding` with `embeddings (B, D, h, w)`, `input_size` and `original_size`.
+        """
+        sizes = check_shape(images, "B 3 H W", name="images")
+        x, input_size = self.preprocess(images)
+        return ImageEmbedding(
+            embeddings=self.image_encoder(x),
+            input_size=input_size,
+            original_size=(sizes["H"], sizes["W"]),
+        )
+
+    # ------------------------------------------------------------------ prompts
+
+    def dense_pe(self) -> Tensor:
+        """Positional encoding of the embedding grid, `(1, D, h, w)` (SAM's `get_dense_pe`)."""
+        return self.prompt_encoder.get_dense_pe()  # type: ignore[no-any-return,operator]
+
+    def _encode_coords(self, coords: Tensor) -> Tensor:
+        """Random-Fourier encoding of `(..., 2)` SAM-input-frame coordinates -> `(..., D)`."""
+        pe = self.prompt_encoder.pe_layer
+        gaussian = pe.positional_encoding_gaussian_matrix  # (2, D/2)
+        h_in, w_in = self.prompt_encoder.input_image_size  # type: ignore[misc]
+        size = torch.tensor([w_in, h_in], device=coords.device, dtype=coords.dtype)
+        x = coords / size
+        x = 2 * x - 1
+        x = x @ gaussian.to(x.dtype)
+        x = 2 * math.pi * x
+        return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+
+    def _embed_points(self, points: Tensor, labels: Tensor, *, pad: bool) -> Tensor:
+        """Embed `(B, K, N, 2)` points with `(B, K, N)` labels into `(B, K, N[+1], D)` tokens."""
+        pe = self.prompt_encoder
+        dtype = pe.no_mask_embed.weight.dtype
+        points = points.to(dtype) + 0.5  # shift to the pixel centre
+        labels = labels.to(points.device)
+        if pad:
+            b, k = points.shape[:2]
+            points = torch.cat([points, points.new_zeros(b, k, 1, 2)], dim=2)
+            labels = torch.cat([labels, labels.new_full((b, k, 1), -1)], dim=2)
+        emb = self._encode_coords(points)
+        lab = labels.unsqueeze(-1)
+        emb = torch.where(lab == -1, torch.zeros_like(emb), emb)
+        emb = emb + (lab == -1).to(dtype) * pe.not_a_point_embed.weight[0]
+        emb = emb + (lab == 0).to(dtype) * pe.point_embeddings[0].weight[0]
+        emb = emb + (lab == 1).to(dtype) * pe.point_embeddings[1].weight[0]
+        return emb
+
+    def _embed_boxes(self, boxes: Tensor) -> Tensor:
+        """Embed `(B, K, 4)` boxes into two corner tokens `(B, K, 2, D)`."""
+        pe = self.prompt_encoder
+        corners = rearrange(
+            boxes.to(pe.no_mask_embed.weight.dtype) + 0.5, "b k (c two) -> b k c two", two=2
+        )
+        emb = self._encode_coords(corners)
+        corner_types = torch.cat([pe.point_embeddings[2].weight, pe.point_embeddings[3].weight])
+        return emb + corner_types
+
+    def embed_prompts(
+        self, prompts: Prompts, *, batch_shape: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Embed `K` prompt slots per image, as SAM's `PromptEncoder` does, batched over `(B, K)`.
+
+        Points come first (with SAM's padding point when no box is given), then the two box
+        corners, then `prompts.sparse_embeddings`. The dense embedding is the encoded mask input,
+        `prompts.dense_embeddings` when given, or SAM's `no_mask_embed` everywhere.
+
+        Args:
+            prompts: Prompts in the SAM input frame, leading axes `(B, K)`.
+            batch_shape: `(B, K)` to use when `prompts` is empty (every slot then gets no sparse
+                tokens and the `no_mask_embed` dense embedding).
+
+        Returns:
+            `sparse (B, K, N, D)` (`N` may be 0) and `dense (B, K, D, h, w)`.
+
+        Raises:
+            ValueError: If `prompts` is empty and no `batch_shape` is given, or a tensor has the
+                wrong size.
+        """
+        shape = prompts.batch_shape or batch_shape
+        if shape is None:
+            raise ValueError("embed_prompts: prompts are empty; pass batch_shape=(B, K)")
+        b, k = shape
+        d = self.prompt_dim
+        h, w = self.embedding_size
+        weight = self.prompt_encoder.no_mask_embed.weight
+        parts: list[Tensor] = []
+        if prompts.points is not None and prompts.labels is not None:
+            parts.append(
+                self._embed_points(prompts.points, prompts.labels, pad=prompts.boxes is None)
+            )
+        if prompts.boxes is not None:
+            parts.append(self._embed_boxes(prompts.boxes))
+        if prompts.sparse_embeddings is not None:
+            check_shape(
+                prompts.sparse_embeddings, "B K N D", name="sparse_embeddings", known={"D": d}
+            )
+            parts.append(prompts.sparse_embeddings.to(weight.dtype))
+        sparse = torch.cat(parts, dim=2) if parts else weight.new_zeros(b, k, 0, d)
+        if prompts.dense_embeddings is not None:
+            check_shape(
+                prompts.dense_embeddings,
+                "B K D h w",
+                name="dense_embeddings",
+                known={"D": d, "h": h, "w": w},
+            )
+            dense = prompts.dense_embeddings.to(weight.dtype)
+        elif prompts.masks is not None:
+            check_shape(prompts.masks, "B K 1 H W", name="masks", known={"H": 4 * h, "W": 4 * w})
+            flat = rearrange(prompts.masks.to(weight.dtype), "b k c H W -> (b k) c H W")
+            dense = rearrange(
+                self.prompt_encoder.mask_downscaling(flat), "(b k) d h w -> b k d h w", b=b
+            )
+        else:
+            dense = repeat(weight[0], "d -> b k d h w", b=b, k=k, h=h, w=w)
+        return sparse, dense
+
+    # ------------------------------------------------------------------ decoder
+
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        sparse: Tensor,
+        dense: Tensor,
+        *,
+        multimask: bool = False,
+        upsample: bool = True,
+    ) -> MaskPrediction:
+        """Decode `K` prompts on each of `B` images (SAM's `MaskDecoder.predict_masks`, batched).
+
+        Each image embedding is repeated for its own `K` prompts, so `B > 1` is handled correctly
+        (the upstream decoder assumes one image per call). Differentiable.
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)` with their sizes.
+            sparse: Sparse prompt tokens `(B, K, N, D)`.
+            dense: Dense prompt embeddings `(B, K, D, h, w)`.
+            multimask: Return SAM's 3 ambiguity masks (tokens 1..3) instead of the single mask
+                (token 0).
+            upsample: Also return `logits` at the original image size.
+
+        Returns:
+            `MaskPrediction` with `low_res_logits (B, K, M, 4h, 4w)`, `iou_scores (B, K, M)`,
+            `tokens (B, K, M, D)` (the decoder's mask tokens) and, with `upsample`,
+            `logits (B, K, M, H, W)`; `M` is 3 with `multimask`, else 1.
+
+        Raises:
+            ValueError: If the shapes of `embedding`, `sparse` and `dense` disagree.
+        """
+        emb = embedding.embeddings
+        s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
+        s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
+        check_shape(dense, "B K D h w", name="dense", known=s)
+        b, k = s["B"], s["K"]
+        dec = self.mask_decoder
+        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        output_tokens = repeat(output_tokens.to(sparse.dtype), "t d -> bk t d", bk=b * k)
+        tokens = torch.cat([output_tokens, rearrange(sparse, "b k n d -> (b k) n d")], dim=1)
+        src = repeat(emb, "b d h w -> (b k) d h w", k=k) + rearrange(
+            dense, "b k d h w -> (b k) d h w"
+        )
+        pos = self.dense_pe().to(src.dtype).expand(b * k, -1, -1, -1)
+        hs, src_out = dec.transformer(src, pos, tokens)
+        iou_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+        upscaled = dec.output_upscaling(
+            rearrange(src_out, "bk (h w) d -> bk d h w", h=s["h"], w=s["w"])
+        )
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        uh, uw = upscaled.shape[-2:]
+        masks = hyper_in @ rearrange(upscaled, "bk c h w -> bk c (h w)")
+        masks = rearrange(masks, "(b k) m (h w) -> b k m h w", b=b, h=uh, w=uw)
+        iou = rearrange(dec.iou_prediction_head(iou_out), "(b k) m -> b k m", b=b)
+        mask_tokens = rearrange(mask_tokens_out, "(b k) m d -> b k m d", b=b)
+        sel = slice(1, None) if multimask else slice(0, 1)
+        low_res = masks[:, :, sel]
+        logits = (
+            self.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+            if upsample
+            else None
+        )
+        return MaskPrediction(
+            low_res_logits=low_res,
+            iou_scores=iou[:, :, sel],
+            logits=logits,
+            mask_threshold=self.mask_threshold,
+            tokens=mask_tokens[:, :, sel],
+        )
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts,
+        *,
+        multimask: bool = False,
+        upsample: bool = True,
+    ) -> MaskPrediction:
+        """Embed `prompts` and decode them on `embedding` (`embed_prompts` + `decode`).
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)`.
+            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
+            multimask: Return 3 masks per prompt instead of 1.
+            upsample: Also return `logits` at the original image size.
+
+        Returns:
+            `MaskPrediction` shaped `(B, K, M, ...)`.
+
+        Raises:
+            ValueError: If the prompts' `B` differs from the embedding's.
+        """
+        shape = prompts.batch_shape
+        if shape is not None and shape[0] != embedding.batch_size:
+            raise ValueError(
+                f"predict: prompts have B={shape[0]} but the embedding has B={embedding.batch_size}"
+            )
+        sparse, dense = self.embed_prompts(prompts, batch_shape=(embedding.batch_size, 1))
+        return self.decode(embedding, sparse, dense, multimask=multimask, upsample=upsample)
+
+    def predict_points(
+        self,
+        embedding: ImageEmbedding,
+        points: Tensor,
+        labels: Tensor | None = None,
+        *,
+        batch_size: int = 64,
+        multimask: bool = True,
+        upsample: bool = False,
+    ) -> MaskPrediction:
+        """Run each of `N` points per image as its own single-point prompt, in batches.
+
+        This is how SAM's automatic mask generator queries a point grid; memory is bounded by
+        `batch_size` prompts per image at a time.
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)`.
+            points: Points `(B, N, 2)` in the SAM input frame.
+            labels: Labels `(B, N)`; defaults to all foreground (1).
+            batch_size: Prompts decoded per image at once.
+            multimask: Return 3 masks per point instead of 1.
+            upsample: Also return `logits` at the original size (memory heavy for many points).
+
+        Returns:
+            `MaskPrediction` with `K = N`: `low_res_logits (B, N, M, 4h, 4w)`,
+            `iou_scores (B, N, M)`, `tokens (B, N, M, D)`.
+
+        Raises:
+            ValueError: On mismatched shapes or a non-positive `batch_size`.
+        """
+        s = check_shape(points, "B N 2", name="points", known={"B": embedding.batch_size})
+        if labels is None:
+            labels = points.new_ones(s["B"], s["N"])
+        check_shape(labels, "B N", name="labels", known=s)
+        if batch_size < 1:
+            raise ValueError(f"predict_points: batch_size must be >= 1, got {batch_size}")
+        chunks: list[MaskPrediction] = []
+        for start in range(0, s["N"], batch_size):
+            sl = slice(start, start + batch_size)
+            prompts = Prompts(points=points[:, sl, None, :], labels=labels[:, sl, None])
+            chunks.append(self.predict(embedding, prompts, multimask=multimask, upsample=upsample))
+        if not chunks:  # N == 0
+            prompts = Prompts(points=points[:, :, None, :], labels=labels[:, :, None])
+            return self.predict(embedding, prompts, multimask=multimask, upsample=upsample)
+        return MaskPrediction(
+            low_res_logits=torch.cat([c.low_res_logits for c in chunks], dim=1),
+            iou_scores=torch.cat([c.iou_scores for c in chunks], dim=1),
+            logits=torch.cat([c.logits for c in chunks], dim=1) if upsample else None,  # type: ignore[misc]
+            mask_threshold=self.mask_threshold,
+            tokens=torch.cat([c.tokens for c in chunks], dim=1),  # type: ignore[misc]
+        )
+
+    def forward(
+        self, images: Tensor, prompts: Prompts, *, multimask: bool = False, upsample: bool = True
+    ) -> MaskPrediction:
+        """Encode `images` and decode `prompts` on them (`encode` + `predict`).
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
+            multimask: Return 3 masks per prompt instead of 1.
+            upsample: Also return `logits` at the original image size.
+
+        Returns:
+            `MaskPrediction` shaped `(B, K, M, ...)`.
+        """
+        return self.predict(self.encode(images), prompts, multimask=multimask, upsample=upsample)
+
+
+def build_sam_backbone(
+    variant: str = "vit_b", checkpoint: str | os.PathLike[str] | None = None
+) -> SamBackbone:
+    """Build a SAM backbone from segment_anything's classes, optionally loading local weights.
+
+    Variants: `vit_b`, `vit_l`, `vit_h` (official hyper-parameters: 1024 px input, 16 px patches,
+    64x64 embedding grid, `D = 256`) and `tiny` (128 px input, 8 px patches, 16x16 grid, `D = 32`,
+    64x64 low-res masks; random weights, fast on CPU, for tests and examples). Without a
+    checkpoint the weights are random. The model is returned in eval mode with every parameter
+    trainable; use `SamBackbone.freeze` to freeze parts.
+
+    Args:
+        variant: One of `"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny"`.
+        checkpoint: Path of an official SAM checkpoint (`.pth` or `.safetensors`), loaded strictly
+            with `weights_only=True`. Never downloaded.
+
+    Returns:
+        The `SamBackbone`, on the CPU, in eval mode.
+
+    Raises:
+        ValueError: For an unknown variant.
+        FileNotFoundError: If `checkpoint` does not exist.
+        RuntimeError: If the checkpoint's keys or shapes do not match the variant.
+
+    Example:
+        >>> sam = build_sam_backbone("tiny")
+        >>> sam.img_size, sam.prompt_dim, sam.embedding_size
+        (128, 32, (16, 16))
+    """
+    if variant not in SAM_VARIANTS:
+        raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(SAM_VARIANTS)}")
+    image_encoder, prompt_encoder, mask_decoder = build_sam_parts(SAM_VARIANTS[variant])
+    sam = SamBackbone(
+        image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder
+    )
+    if checkpoint is not None:
+        sam.load_checkpoint(checkpoint)
+    return sam.eval()
