@@ -526,3 +526,26 @@ class PanopticResult(_TensorFieldsMixin):
     instance_masks: Tensor
     instance_scores: Tensor
     instance_labels: Tensor
+
+
+@dataclass
+class ClipDenseOutput(_TensorFieldsMixin):
+    """Dense CLIP image features from `ClipBackbone.encode_dense`.
+
+    Attributes:
+        features: Patch features in CLIP's joint space `(B, D, h, w)` (after `ln_post` and
+            `proj`, not normalised).
+        cls: The CLS token of the same stream `(B, D)`; in `plain` and `surgery` modes it is
+            CLIP's global image embedding (not normalised).
+        intermediates: Outputs of the requested vision blocks, each `(B, D_v, h, w)` with `D_v`
+            the transformer width (before `ln_post`, not projected).
+
+    Example:
+        >>> out = ClipDenseOutput(torch.zeros(2, 32, 4, 4), torch.zeros(2, 32))
+        >>> out.features.shape, len(out.intermediates)
+        (torch.Size([2, 32, 4, 4]), 0)
+    """
+
+    features: Tensor
+    cls: Tensor
+    intermediates: list[Tensor] = field(default_factory=list)
