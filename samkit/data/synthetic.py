@@ -27,8 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from scipy import ndimage
+from skimage.segmentation import watershed
 from torch import Tensor
+from torchvision.ops import masks_to_boxes
+
+from samkit._checks import check_shape
+from samkit.data import _expressions as _expr
+from samkit.data import _render
 
 __all__ = [
     "CLASS_NAMES",
@@ -215,12 +223,13 @@ class Scene:
     @property
     def instance_boxes(self) -> Tensor:
         """`(I, 4)` float boxes `(x0, y0, x1, y1)` with inclusive pixel extremes."""
-        raise NotImplementedError
+        return masks_to_boxes(self.instance_masks)
 
     @property
     def segment_masks(self) -> Tensor:
         """`(S, H, W)` bool, one mask per entry of `segments` (they partition the image)."""
-        raise NotImplementedError
+        ids = torch.tensor([s.id for s in self.segments], dtype=torch.long)
+        return self.panoptic[None] == ids[:, None, None]
 
     @property
     def segment_classes(self) -> Tensor:
@@ -286,7 +295,137 @@ def generate_scene(
     Raises:
         ValueError: If an argument is out of range.
     """
-    raise NotImplementedError
+    H, W = _parse_size(size)
+    _check_range("num_objects", num_objects, low=0)
+    _check_range("num_stuff", num_stuff, low=1, high=len(STUFF_CLASSES))
+    if not 0.0 < object_scale[0] <= object_scale[1] <= 0.5:
+        raise ValueError(f"object_scale: expected 0 < lo <= hi <= 0.5, got {object_scale}")
+    if not 0.0 <= min_visible_fraction <= 1.0:
+        raise ValueError(f"min_visible_fraction: expected in [0, 1], got {min_visible_fraction}")
+    if num_expressions < 0 or not 0.0 <= no_target_fraction <= 1.0:
+        raise ValueError(
+            "num_expressions must be >= 0 and no_target_fraction in [0, 1], got "
+            f"{num_expressions} and {no_target_fraction}"
+        )
+    if seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed}")
+    rng = np.random.default_rng(seed)
+    short = min(H, W)
+
+    # Background: Voronoi regions of distinct stuff classes, each with its texture.
+    n_stuff = int(rng.integers(num_stuff[0], num_stuff[1] + 1))
+    region = _render.stuff_layout(rng, H, W, n_stuff, min_fraction=0.5 / (n_stuff + 1))
+    stuff_ids = rng.choice(len(STUFF_CLASSES), size=n_stuff, replace=False)
+    image = np.zeros((3, H, W), dtype=np.float64)
+    semantic = np.zeros((H, W), dtype=np.int64)
+    for r, sid in enumerate(stuff_ids):
+        style = STUFF_STYLES[STUFF_CLASSES[int(sid)]]
+        base = np.asarray(style.color) + rng.uniform(-0.04, 0.04, size=3)
+        pattern = style.amplitude * _render.texture(rng, style.texture, H, W)
+        inside = region == r
+        image[:, inside] = base[:, None] + pattern[inside][None]
+        semantic[inside] = NUM_THING_CLASSES + int(sid)
+
+    # Things: random shapes painted back to front; heavily occluded ones are dropped.
+    n_obj = int(rng.integers(num_objects[0], num_objects[1] + 1))
+    specs: list[_render.ShapeSpec] = []
+    for _ in range(n_obj):
+        radius = float(rng.uniform(*object_scale)) * short
+        specs.append(
+            _render.ShapeSpec(
+                kind=int(rng.integers(NUM_THING_CLASSES)),
+                color=int(rng.integers(len(COLOR_NAMES))),
+                cx=float(rng.uniform(radius, W - radius)),
+                cy=float(rng.uniform(radius, H - radius)),
+                radius=radius,
+                angle=float(rng.uniform(-0.26, 0.26)),
+            )
+        )
+    full = [_render.shape_mask(s, THING_CLASSES[s.kind], H, W) for s in specs]
+    keep = _render.visible_layers(full, min_visible_fraction)
+    top = _render.top_index(full, keep) if specs else np.full((H, W), -1, dtype=np.int64)
+    inst = np.stack([top == j for j in keep]) if keep else np.zeros((0, H, W), dtype=bool)
+    for j, m in zip(keep, inst, strict=True):
+        _render.paint_flat(rng, image, m, COLORS[COLOR_NAMES[specs[j].color]], noise=0.02)
+        semantic[m] = specs[j].kind
+    classes = [specs[j].kind for j in keep]
+    colors = [specs[j].color for j in keep]
+
+    panoptic, segments = _panoptic(inst, classes, semantic)
+    expressions = _expressions_for(rng, inst, classes, colors, num_expressions, no_target_fraction)
+    return Scene(
+        seed=seed,
+        image=torch.from_numpy(np.clip(image, 0.0, 1.0).astype(np.float32)),
+        instance_masks=torch.from_numpy(inst),
+        instance_classes=torch.tensor(classes, dtype=torch.long),
+        instance_colors=torch.tensor(colors, dtype=torch.long),
+        semantic=torch.from_numpy(semantic),
+        panoptic=torch.from_numpy(panoptic),
+        segments=segments,
+        expressions=expressions,
+    )
+
+
+def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 16 or w < 16:
+        raise ValueError(f"size: expected at least 16 pixels per side, got {(h, w)}")
+    return h, w
+
+
+def _check_range(name: str, rng: tuple[int, int], *, low: int, high: int | None = None) -> None:
+    lo, hi = rng
+    if lo < low or lo > hi or (high is not None and hi > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an inclusive range (lo, hi) within {bound}, got {rng}")
+
+
+def _panoptic(
+    inst: np.ndarray, classes: list[int], semantic: np.ndarray
+) -> tuple[np.ndarray, list[Segment]]:
+    """Segment ids: instance `i` gets `i + 1`; then one id per stuff class present."""
+    panoptic = np.zeros(semantic.shape, dtype=np.int64)
+    segments: list[Segment] = []
+    for i, (m, k) in enumerate(zip(inst, classes, strict=True)):
+        panoptic[m] = i + 1
+        segments.append(Segment(i + 1, int(k), True, int(m.sum()), i))
+    for cid in range(NUM_THING_CLASSES, NUM_CLASSES):
+        m = semantic == cid
+        area = int(m.sum())
+        if area:
+            seg_id = len(segments) + 1
+            panoptic[m] = seg_id
+            segments.append(Segment(seg_id, cid, False, area, -1))
+    return panoptic, segments
+
+
+def _expressions_for(
+    rng: np.random.Generator,
+    inst: np.ndarray,
+    classes: list[int],
+    colors: list[int],
+    num: int,
+    no_target_fraction: float,
+) -> list[ReferringExpression]:
+    areas = inst.reshape(inst.shape[0], -1).sum(1)
+    ys, xs = np.mgrid[0 : inst.shape[1], 0 : inst.shape[2]]
+    cx = (inst * xs[None]).reshape(inst.shape[0], -1).sum(1) / np.maximum(areas, 1)
+    cy = (inst * ys[None]).reshape(inst.shape[0], -1).sum(1) / np.maximum(areas, 1)
+    found, absent = _expr.candidates(
+        classes,
+        colors,
+        np.stack([cx, cy], axis=1),
+        areas,
+        thing_names=THING_CLASSES,
+        color_names=COLOR_NAMES,
+        plurals=PLURALS,
+    )
+    chosen = _expr.select(rng, found, absent, num=num, no_target_fraction=no_target_fraction)
+    out = []
+    for cand in chosen:
+        target = inst[cand.ids].any(axis=0) if cand.ids else np.zeros(inst.shape[1:], dtype=bool)
+        out.append(ReferringExpression(cand.text, cand.kind, torch.from_numpy(target), cand.ids))
+    return out
 
 
 def oversegment(
@@ -312,7 +451,64 @@ def oversegment(
     Raises:
         ValueError: If `masks` is not `(S, H, W)` or `max_parts < 1`.
     """
-    raise NotImplementedError
+    check_shape(masks, "S H W", name="masks")
+    if max_parts < 1:
+        raise ValueError(f"max_parts: expected >= 1, got {max_parts}")
+    rng = np.random.default_rng(seed)
+    src = masks.detach().to("cpu", torch.bool).numpy()
+    parts: list[np.ndarray] = []
+    parents: list[int] = []
+    for s, mask in enumerate(src):
+        for part in _split_segment(rng, mask, max_parts=max_parts, min_part_area=min_part_area):
+            parts.append(part)
+            parents.append(s)
+    shape = tuple(masks.shape[1:])
+    out = np.stack(parts) if parts else np.zeros((0, *shape), dtype=bool)
+    return Oversegmentation(
+        masks=torch.from_numpy(out).to(masks.device),
+        parents=torch.tensor(parents, dtype=torch.long, device=masks.device),
+    )
+
+
+def _split_segment(
+    rng: np.random.Generator, mask: np.ndarray, *, max_parts: int, min_part_area: int
+) -> list[np.ndarray]:
+    """Geodesic Voronoi split of one mask; every part is 4-connected."""
+    area = int(mask.sum())
+    if area == 0:
+        return []
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = mask[y0:y1, x0:x1]
+    pieces, n_pieces = ndimage.label(crop)  # 4-connectivity by default
+    k = int(rng.integers(1, max_parts + 1))
+    k = max(1, min(k, area // max(1, 2 * min_part_area) if area >= 2 * min_part_area else 1))
+    coords = np.stack([ys - y0, xs - x0], axis=1)
+    seeds = [int(rng.integers(len(coords)))]
+    for _ in range(k - 1):
+        # randomised farthest-point sampling keeps the parts reasonably balanced
+        d = np.min(((coords[:, None] - coords[seeds][None]) ** 2).sum(-1), axis=1)
+        far = np.flatnonzero(d >= 0.5 * d.max())
+        if d.max() == 0:
+            break
+        seeds.append(int(far[rng.integers(len(far))]))
+    markers = np.zeros(crop.shape, dtype=np.int64)
+    for i, idx in enumerate(seeds):
+        markers[coords[idx, 0], coords[idx, 1]] = i + 1
+    for piece in range(1, n_pieces + 1):
+        inside = pieces == piece
+        if not (markers[inside] > 0).any():
+            py, px = np.nonzero(inside)
+            j = int(rng.integers(len(py)))
+            markers[py[j], px[j]] = markers.max() + 1
+    cells = watershed(np.zeros(crop.shape), markers=markers, mask=crop, connectivity=1)
+    out = []
+    for label in range(1, int(markers.max()) + 1):
+        part = np.zeros(mask.shape, dtype=bool)
+        part[y0:y1, x0:x1] = cells == label
+        if part.any():
+            out.append(part)
+    return out
 
 
 _DATASET_NAMES = (
