@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.ops import masks_to_boxes
 
-from samkit.data.synthetic import CLASS_NAMES, Scene, Segment
+from samkit.data.synthetic import CLASS_NAMES, Scene, Segment, generate_scene, oversegment
 from samkit.types import _TensorFieldsMixin
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
 
 SPLIT_OFFSETS: dict[str, int] = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 """Seed offset of every split; a split holds at most 10 million scenes."""
+_SPLIT_SPAN = 10_000_000
 
 
 @dataclass
@@ -217,15 +220,40 @@ class _SceneDataset(Dataset):  # type: ignore[type-arg]
         size: int | tuple[int, int] = 128,
         **scene_kwargs: Any,
     ) -> None:
-        raise NotImplementedError
+        if split not in SPLIT_OFFSETS:
+            raise ValueError(f"split: expected one of {sorted(SPLIT_OFFSETS)}, got {split!r}")
+        if not 0 <= num_scenes <= _SPLIT_SPAN:
+            raise ValueError(f"num_scenes: expected in [0, {_SPLIT_SPAN}], got {num_scenes}")
+        if seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed}")
+        self.num_scenes = num_scenes
+        self.split = split
+        self.seed = seed
+        self.size = size
+        self.scene_kwargs = dict(scene_kwargs)
+        self._cache: tuple[int, Scene] | None = None
 
     def scene_seed(self, scene_index: int) -> int:
         """Seed of scene `scene_index` of this split."""
-        raise NotImplementedError
+        if not 0 <= scene_index < self.num_scenes:
+            raise IndexError(f"scene index {scene_index} out of range [0, {self.num_scenes})")
+        return self.seed + SPLIT_OFFSETS[self.split] + scene_index
 
     def scene(self, scene_index: int) -> Scene:
         """Generate (or fetch from the one-scene cache) scene `scene_index`."""
-        raise NotImplementedError
+        if self._cache is not None and self._cache[0] == scene_index:
+            return self._cache[1]
+        scene = generate_scene(self.scene_seed(scene_index), size=self.size, **self.scene_kwargs)
+        self._cache = (scene_index, scene)
+        return scene
+
+    def _index(self, index: int) -> int:
+        n = len(self)  # type: ignore[arg-type]
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} items")
+        return index
 
 
 class SyntheticReferringDataset(_SceneDataset):
@@ -265,13 +293,43 @@ class SyntheticReferringDataset(_SceneDataset):
             no_target_fraction: Fraction of expressions with no referent.
             **scene_kwargs: Further keyword arguments of `generate_scene`.
         """
-        raise NotImplementedError
+        if expressions_per_scene < 1:
+            raise ValueError(f"expressions_per_scene: expected >= 1, got {expressions_per_scene}")
+        super().__init__(
+            num_scenes=num_scenes,
+            split=split,
+            seed=seed,
+            size=size,
+            num_expressions=expressions_per_scene,
+            no_target_fraction=no_target_fraction,
+            **scene_kwargs,
+        )
+        self.expressions_per_scene = expressions_per_scene
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self.num_scenes * self.expressions_per_scene
 
     def __getitem__(self, index: int) -> ReferringSample:
-        raise NotImplementedError
+        scene_index, expr_index = divmod(self._index(index), self.expressions_per_scene)
+        scene = self.scene(scene_index)
+        expr = scene.expressions[expr_index]
+        box = (
+            masks_to_boxes(expr.target_mask[None])[0]
+            if expr.has_target
+            else torch.zeros(4, dtype=torch.float32)
+        )
+        return ReferringSample(
+            image=scene.image,
+            text=expr.text,
+            target_mask=expr.target_mask,
+            has_target=expr.has_target,
+            target_box=box,
+            target_ids=list(expr.target_ids),
+            kind=expr.kind,
+            instance_masks=scene.instance_masks,
+            instance_classes=scene.instance_classes,
+            scene_seed=scene.seed,
+        )
 
 
 class SyntheticPanopticDataset(_SceneDataset):
@@ -306,13 +364,34 @@ class SyntheticPanopticDataset(_SceneDataset):
             max_parts: Maximum parts per connected segment when `parts` is set.
             **scene_kwargs: Further keyword arguments of `generate_scene`.
         """
-        raise NotImplementedError
+        super().__init__(num_scenes=num_scenes, split=split, seed=seed, size=size, **scene_kwargs)
+        self.parts = parts
+        self.max_parts = max_parts
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self.num_scenes
 
     def __getitem__(self, index: int) -> PanopticSample:
-        raise NotImplementedError
+        scene = self.scene(self._index(index))
+        segment_masks = scene.segment_masks
+        part_masks = part_parents = None
+        if self.parts:
+            # a fixed, index-dependent split, different from the scene's own random stream
+            parts = oversegment(segment_masks, scene.seed + 7919, max_parts=self.max_parts)
+            part_masks, part_parents = parts.masks, parts.parents
+        return PanopticSample(
+            image=scene.image,
+            instance_masks=scene.instance_masks,
+            instance_classes=scene.instance_classes,
+            semantic=scene.semantic,
+            panoptic=scene.panoptic,
+            segments=list(scene.segments),
+            segment_masks=segment_masks,
+            segment_classes=scene.segment_classes,
+            part_masks=part_masks,
+            part_parents=part_parents,
+            scene_seed=scene.seed,
+        )
 
 
 class SyntheticSemanticDataset(_SceneDataset):
@@ -327,23 +406,113 @@ class SyntheticSemanticDataset(_SceneDataset):
 
     class_names: tuple[str, ...] = CLASS_NAMES
 
+    def __init__(
+        self,
+        *,
+        num_scenes: int = 1000,
+        split: str = "train",
+        seed: int = 0,
+        size: int | tuple[int, int] = 128,
+        **scene_kwargs: Any,
+    ) -> None:
+        """Build the dataset (scenes are generated lazily; no expressions are drawn).
+
+        Args:
+            num_scenes: Number of scenes in the split.
+            split: `"train"`, `"val"` or `"test"` (disjoint seed ranges).
+            seed: Base seed added to the split offset.
+            size: Image size, `S` or `(H, W)`.
+            **scene_kwargs: Further keyword arguments of `generate_scene`.
+        """
+        scene_kwargs.setdefault("num_expressions", 0)
+        super().__init__(num_scenes=num_scenes, split=split, seed=seed, size=size, **scene_kwargs)
+
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self.num_scenes
 
     def __getitem__(self, index: int) -> SemanticSample:
-        raise NotImplementedError
+        scene = self.scene(self._index(index))
+        return SemanticSample(image=scene.image, semantic=scene.semantic, scene_seed=scene.seed)
+
+
+def _nonempty(samples: Sequence[object], name: str) -> None:
+    if len(samples) == 0:
+        raise ValueError(f"{name}: expected at least one sample, got an empty batch")
 
 
 def collate_referring(samples: Sequence[ReferringSample]) -> ReferringBatch:
-    """Stack images, target masks and boxes; keep instance masks and ids as lists."""
-    raise NotImplementedError
+    """Stack images, target masks and boxes; keep instance masks and ids as lists.
+
+    Args:
+        samples: `B` samples of equally sized images.
+
+    Returns:
+        The `ReferringBatch`.
+
+    Raises:
+        ValueError: If `samples` is empty.
+    """
+    _nonempty(samples, "collate_referring")
+    return ReferringBatch(
+        images=torch.stack([s.image for s in samples]),
+        texts=[s.text for s in samples],
+        target_masks=torch.stack([s.target_mask for s in samples]),
+        has_target=torch.tensor([s.has_target for s in samples], dtype=torch.bool),
+        target_boxes=torch.stack([s.target_box for s in samples]),
+        target_ids=[list(s.target_ids) for s in samples],
+        kinds=[s.kind for s in samples],
+        instance_masks=[s.instance_masks for s in samples],
+        instance_classes=[s.instance_classes for s in samples],
+        scene_seeds=[s.scene_seed for s in samples],
+    )
 
 
 def collate_panoptic(samples: Sequence[PanopticSample]) -> PanopticBatch:
-    """Stack images, semantic and panoptic maps; keep per-scene instances/segments as lists."""
-    raise NotImplementedError
+    """Stack images, semantic and panoptic maps; keep per-scene instances/segments as lists.
+
+    Args:
+        samples: `B` samples of equally sized images.
+
+    Returns:
+        The `PanopticBatch` (`part_masks`/`part_parents` are `None` unless every sample has
+        parts).
+
+    Raises:
+        ValueError: If `samples` is empty.
+    """
+    _nonempty(samples, "collate_panoptic")
+    with_parts = all(s.part_masks is not None for s in samples)
+    return PanopticBatch(
+        images=torch.stack([s.image for s in samples]),
+        semantic=torch.stack([s.semantic for s in samples]),
+        panoptic=torch.stack([s.panoptic for s in samples]),
+        instance_masks=[s.instance_masks for s in samples],
+        instance_classes=[s.instance_classes for s in samples],
+        segments=[list(s.segments) for s in samples],
+        segment_masks=[s.segment_masks for s in samples],
+        segment_classes=[s.segment_classes for s in samples],
+        part_masks=[s.part_masks for s in samples] if with_parts else None,  # type: ignore[misc]
+        part_parents=[s.part_parents for s in samples] if with_parts else None,  # type: ignore[misc]
+        scene_seeds=[s.scene_seed for s in samples],
+    )
 
 
 def collate_semantic(samples: Sequence[SemanticSample]) -> SemanticBatch:
-    """Stack images and semantic maps."""
-    raise NotImplementedError
+    """Stack images and semantic maps.
+
+    Args:
+        samples: `B` samples of equally sized images.
+
+    Returns:
+        The `SemanticBatch`, with `class_names = CLASS_NAMES`.
+
+    Raises:
+        ValueError: If `samples` is empty.
+    """
+    _nonempty(samples, "collate_semantic")
+    return SemanticBatch(
+        images=torch.stack([s.image for s in samples]),
+        semantic=torch.stack([s.semantic for s in samples]),
+        class_names=CLASS_NAMES,
+        scene_seeds=[s.scene_seed for s in samples],
+    )
