@@ -1,0 +1,415 @@
+"""SAM-CP patch encoder: RoI features of SAM patches, box embeddings and self-attention.
+
+Follows SAM-CP, spec section 2: multi-level image features -> RoIAlign 7x7 per patch (mmdet level
+mapping) -> multiplied by the patch's own 7x7 mask -> MLP -> LayerNorm, plus a sine box
+embedding through an MLP, then `num_layers` post-norm self-attention layers with padding masks.
+
+Axis legend:
+    b - images (B)
+    n - patches (N)
+    d - channels (D)
+    hw - RoI bins (7 x 7)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork, roi_align
+
+from samkit._checks import check_shape
+
+__all__ = [
+    "PatchEncoder",
+    "PostNormSelfAttentionLayer",
+    "ResNetFPN",
+    "ResidualFFN",
+    "TinyFeaturePyramid",
+    "box_sine_embedding",
+    "roi_levels",
+]
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def box_sine_embedding(
+    boxes: Tensor, *, num_feats: int = 128, temperature: float = 10000.0
+) -> Tensor:
+    """Sine encoding of normalised `(cx, cy, w, h)` boxes, in mmdet's `(y, x, w, h)` order.
+
+    Each coordinate `c` becomes `[sin(2 pi c / t_0), cos(2 pi c / t_0), sin(2 pi c / t_2), ...]`
+    with `t_i = temperature ** (2 (i // 2) / num_feats)` (sin/cos interleaved).
+
+    Args:
+        boxes: Boxes `(..., 4)` as normalised `(cx, cy, w, h)`.
+        num_feats: Features per coordinate (even).
+        temperature: Frequency base.
+
+    Returns:
+        Embeddings `(..., 4 * num_feats)`.
+
+    Example:
+        >>> box_sine_embedding(torch.rand(2, 3, 4), num_feats=8).shape
+        torch.Size([2, 3, 32])
+    """
+    check_shape(boxes, "... 4", name="boxes")
+    i = torch.arange(num_feats, dtype=boxes.dtype, device=boxes.device)
+    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / num_feats)
+    pos = boxes[..., None] * (2 * math.pi) / dim_t  # ... 4 f
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    return torch.cat([pos[..., 1, :], pos[..., 0, :], pos[..., 2, :], pos[..., 3, :]], dim=-1)
+
+
+def roi_levels(boxes: Tensor, *, num_levels: int, finest_scale: float = 56.0) -> Tensor:
+    """The mmdet RoI-to-level mapping `floor(log2(sqrt(w h) / finest_scale + 1e-6))`, clamped.
+
+    Args:
+        boxes: Boxes `(N, 4)`, `(x0, y0, x1, y1)` pixels.
+        num_levels: Number of pyramid levels used for RoIs.
+        finest_scale: Box scale mapped to level 0.
+
+    Returns:
+        Level index per box `(N,)` (long) in `[0, num_levels)`.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0.0, 50.0, 50.0], [0.0, 0.0, 400.0, 400.0]])
+        >>> roi_levels(boxes, num_levels=4)
+        tensor([0, 2])
+    """
+    scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    return lvl.clamp(0, num_levels - 1).long()
+
+
+class ResidualFFN(nn.Module):
+    """mmcv-style FFN with identity residual: `x + W2 relu(W1 x + b1) + b2`.
+
+    Example:
+        >>> ResidualFFN(dim=8, hidden_dim=16)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, *, dim: int, hidden_dim: int) -> None:
+        """Create the FFN.
+
+        Args:
+            dim: Channel width `D`.
+            hidden_dim: Hidden width.
+        """
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the FFN to `(..., D)` and add the input."""
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+def _safe_key_padding(mask: Tensor) -> Tensor:
+    """Unmask the first key of rows whose keys are all padded, so softmax stays finite."""
+    all_pad = mask.all(-1, keepdim=True)
+    first = torch.zeros_like(mask)
+    first[..., :1] = True
+    return mask & ~(all_pad & first)
+
+
+class PostNormSelfAttentionLayer(nn.Module):
+    """Post-norm self-attention layer (DETR encoder): positions added to queries and keys only.
+
+    `x <- LN(x + MHA(x + pos, x + pos, x)); x <- LN(FFN(x))` with an identity-residual FFN.
+
+    Example:
+        >>> layer = PostNormSelfAttentionLayer(dim=8, num_heads=2, ffn_dim=16)
+        >>> layer(torch.randn(2, 5, 8), torch.randn(2, 5, 8)).shape
+        torch.Size([2, 5, 8])
+    """
+
+    def __init__(self, *, dim: int, num_heads: int = 8, ffn_dim: int = 2048) -> None:
+        """Create the layer.
+
+        Args:
+            dim: Channel width `D`.
+            num_heads: Attention heads; must divide `dim`.
+            ffn_dim: FFN hidden width.
+        """
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = ResidualFFN(dim=dim, hidden_dim=ffn_dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Run the layer.
+
+        Args:
+            x: Tokens `(B, N, D)`.
+            pos: Positional embeddings `(B, N, D)`.
+            padding_mask: `(B, N)` bool, True at padding, or `None`.
+
+        Returns:
+            Updated tokens `(B, N, D)`.
+        """
+        kpm = None if padding_mask is None else _safe_key_padding(padding_mask)
+        q = x + pos
+        x = self.norm1(x + self.attn(q, q, x, key_padding_mask=kpm, need_weights=False)[0])
+        return self.norm2(self.ffn(x))
+
+
+class _Normalize(nn.Module):
+    mean: Tensor
+    std: Tensor
+
+    def _normalize(self, images: Tensor) -> Tensor:
+        return (images - self.mean) / self.std
+
+
+class TinyFeaturePyramid(_Normalize):
+    """A small strided-conv feature pyramid (strides 4, 8, 16, 32) for fast CPU runs and tests.
+
+    Images in `[0, 1]` are ImageNet-normalised, then each level is a 3x3 stride-2 conv + GN + ReLU.
+
+    Example:
+        >>> [f.shape[-1] for f in TinyFeaturePyramid(dim=8)(torch.rand(1, 3, 64, 64))]
+        [16, 8, 4, 2]
+    """
+
+    def __init__(self, *, dim: int = 32, num_levels: int = 4) -> None:
+        """Create the pyramid.
+
+        Args:
+            dim: Output channels of every level.
+            num_levels: Number of levels (strides `4 * 2**i`).
+        """
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(1, cout), nn.ReLU()
+            )
+
+        self.stem = nn.Sequential(block(3, dim), block(dim, dim))
+        self.levels = nn.ModuleList([block(dim, dim) for _ in range(num_levels - 1)])
+        self.out_channels = dim
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """Compute the pyramid of `(B, 3, H, W)` images; returns `[(B, D, H/4, W/4), ...]`."""
+        check_shape(images, "B 3 H W", name="images")
+        x = self.stem(self._normalize(images))
+        out = [x]
+        for level in self.levels:
+            x = level(x)
+            out.append(x)
+        return out
+
+
+class ResNetFPN(_Normalize):
+    """torchvision ResNet + FPN feature pyramid (strides 4, 8, 16, 32), the SAM-CP default.
+
+    Example:
+        >>> net = ResNetFPN(depth=18, out_channels=16)
+        >>> [f.shape[1] for f in net(torch.rand(1, 3, 64, 64))]
+        [16, 16, 16, 16]
+    """
+
+    def __init__(
+        self, *, depth: int = 50, out_channels: int = 256, trainable_layers: int = 3
+    ) -> None:
+        """Create a randomly initialised ResNet-`depth` with an FPN (load weights separately).
+
+        Args:
+            depth: 18, 34, 50 or 101.
+            out_channels: FPN width `D`.
+            trainable_layers: How many of the last ResNet stages are trainable (the rest frozen).
+        """
+        super().__init__()
+        import torchvision
+
+        resnet = getattr(torchvision.models, f"resnet{depth}")(
+            weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d
+        )
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
+        for stage in list(self.stages)[: 4 - trainable_layers]:
+            stage.requires_grad_(False)
+        self.stem.requires_grad_(False)
+        widths = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+        self.fpn = FeaturePyramidNetwork(widths, out_channels)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
+        check_shape(images, "B 3 H W", name="images")
+        x = self.stem(self._normalize(images))
+        feats = {}
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            feats[str(i)] = x
+        return list(self.fpn(feats).values())
+
+
+class PatchEncoder(nn.Module):
+    """Encodes SAM patches into tokens from image features, patch masks and patch boxes.
+
+    RoIAlign (7x7, mmdet level mapping over the given levels) per patch box, multiplied by the
+    patch's binary 7x7 mask, flattened through an MLP and LayerNorm; a sine box embedding through
+    an MLP gives each token's position; `num_layers` post-norm self-attention layers mix the
+    tokens of one image. Handles a variable number of patches per image through `padding_mask`,
+    including images (or batches) with zero patches. Follows SAM-CP, spec section 2.
+
+    Example:
+        >>> enc = PatchEncoder(dim=16, num_heads=2, ffn_dim=32, mlp_dim=32, num_layers=1)
+        >>> feats = [torch.randn(1, 16, 16, 16), torch.randn(1, 16, 8, 8)]
+        >>> masks = torch.zeros(1, 3, 64, 64, dtype=torch.bool); masks[:, :, 8:40, 8:40] = True
+        >>> boxes = torch.tensor([[[8.0, 8.0, 40.0, 40.0]] * 3])
+        >>> tokens, pos = enc(feats, boxes, masks)
+        >>> tokens.shape, pos.shape
+        (torch.Size([1, 3, 16]), torch.Size([1, 3, 16]))
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int = 256,
+        feature_dim: int | None = None,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        mlp_dim: int = 1024,
+        num_layers: int = 6,
+        roi_size: int = 7,
+        finest_scale: float = 56.0,
+        use_mask_roi: bool = True,
+    ) -> None:
+        """Create the encoder.
+
+        Args:
+            dim: Token width `D`.
+            feature_dim: Channels of the image features (defaults to `dim`).
+            num_heads: Self-attention heads.
+            ffn_dim: FFN hidden width of the self-attention layers.
+            mlp_dim: Hidden width of the RoI MLP.
+            num_layers: Number of self-attention layers (omega, 6 in the paper).
+            roi_size: RoIAlign output size.
+            finest_scale: Box scale mapped to the first level.
+            use_mask_roi: Multiply RoI features by the patch's RoI mask ("MaskRoI").
+        """
+        super().__init__()
+        feature_dim = feature_dim or dim
+        self.roi_size = roi_size
+        self.finest_scale = finest_scale
+        self.use_mask_roi = use_mask_roi
+        self.dim = dim
+        self.roi_mlp = _mlp(feature_dim * roi_size * roi_size, mlp_dim, dim)
+        self.roi_norm = nn.LayerNorm(dim)
+        self.pos_mlp = _mlp(4 * (dim // 2), dim, dim)
+        self.layers = nn.ModuleList(
+            [
+                PostNormSelfAttentionLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim)
+                for _ in range(num_layers)
+            ]
+        )
+
+    def forward(
+        self,
+        features: Sequence[Tensor],
+        boxes: Tensor,
+        masks: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Encode the patches of a batch.
+
+        Args:
+            features: Image features, finest first, each `(B, D_f, h_l, w_l)`; the stride of a level
+                is `image_size / h_l`.
+            boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
+            masks: Padded binary patch masks `(B, N, H, W)`, or `None` to skip MaskRoI.
+            padding_mask: `(B, N)` bool, True at padded patches, or `None`.
+            image_size: `(H, W)` of the images; defaults to the mask size.
+
+        Returns:
+            `(tokens (B, N, D), positions (B, N, D))`; padded slots are zero.
+
+        Raises:
+            ValueError: On inconsistent shapes or when neither `masks` nor `image_size` is given.
+        """
+        s = check_shape(boxes, "B N 4", name="boxes")
+        if masks is not None:
+            ms = check_shape(masks, "B N H W", name="masks", known=s)
+            image_size = image_size or (ms["H"], ms["W"])
+        if image_size is None:
+            raise ValueError("PatchEncoder: give masks or image_size")
+        if padding_mask is not None:
+            check_shape(padding_mask, "B N", name="padding_mask", known=s)
+        for i, f in enumerate(features):
+            check_shape(f, "B D h w", name=f"features[{i}]", known={"B": s["B"]})
+        pos = self.embed_positions(boxes, image_size)
+        tokens = self.embed_boxes(features, boxes, masks, image_size=image_size)
+        if padding_mask is not None:
+            tokens = tokens.masked_fill(padding_mask[..., None], 0.0)
+        if s["N"] > 0:
+            for layer in self.layers:
+                tokens = layer(tokens, pos, padding_mask)
+        if padding_mask is not None:
+            tokens = tokens.masked_fill(padding_mask[..., None], 0.0)
+            pos = pos.masked_fill(padding_mask[..., None], 0.0)
+        return tokens, pos
+
+    def embed_positions(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Box positions `(B, N, D)` from pixel boxes `(B, N, 4)` (sine embedding + MLP)."""
+        h, w = image_size
+        scale = boxes.new_tensor([w, h, w, h])
+        x0, y0, x1, y1 = (boxes / scale).unbind(-1)
+        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+        return self.pos_mlp(box_sine_embedding(cxcywh, num_feats=self.dim // 2))
+
+    def embed_boxes(
+        self,
+        features: Sequence[Tensor],
+        boxes: Tensor,
+        masks: Tensor | None = None,
+        *,
+        image_size: tuple[int, int],
+    ) -> Tensor:
+        """RoI tokens `(B, N, D)` (RoIAlign, optional MaskRoI, MLP, LayerNorm), no attention."""
+        b, n = boxes.shape[:2]
+        rois = rearrange(boxes, "b n c -> (b n) c")
+        batch_idx = torch.arange(b, device=boxes.device).repeat_interleave(n)
+        rois5 = torch.cat([batch_idx[:, None].to(rois.dtype), rois], 1)
+        feats = self._roi_features(features, rois5, image_size)
+        if masks is not None and self.use_mask_roi:
+            flat_masks = rearrange(masks, "b n h w -> (b n) 1 h w").to(feats.dtype)
+            idx = torch.arange(b * n, device=boxes.device, dtype=rois.dtype)
+            roi_masks = roi_align(
+                flat_masks, torch.cat([idx[:, None], rois], 1), self.roi_size, 1.0, 0, True
+            )
+            feats = feats * (roi_masks >= 0.5).to(feats.dtype)
+        tokens = self.roi_norm(self.roi_mlp(feats.flatten(1)))
+        return rearrange(tokens, "(b n) d -> b n d", b=b, n=n)
+
+    def _roi_features(
+        self, features: Sequence[Tensor], rois5: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """RoIAlign each RoI `(R, 5)` on its mapped level; returns `(R, D_f, 7, 7)`."""
+        num_levels = len(features)
+        levels = roi_levels(rois5[:, 1:], num_levels=num_levels, finest_scale=self.finest_scale)
+        out = rois5.new_zeros(len(rois5), features[0].shape[1], self.roi_size, self.roi_size)
+        for lvl, feat in enumerate(features):
+            scale = feat.shape[-2] / image_size[0]
+            sel = levels == lvl
+            pooled = roi_align(feat, rois5, self.roi_size, scale, 0, True)
+            out = torch.where(sel[:, None, None, None], pooled, out)
+        return out
