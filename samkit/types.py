@@ -549,3 +549,76 @@ class ClipDenseOutput(_TensorFieldsMixin):
     features: Tensor
     cls: Tensor
     intermediates: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class TSPPOutput(_TensorFieldsMixin):
+    """Outputs of SAM-MI's text-guided sparse point prompter (`TextGuidedSparsePointPrompter`).
+
+    Attributes:
+        prob: Sampling probability of every grid cell `(B, g, g)` (reduced over classes).
+        prob_logits: Per-class, per-cell probability logits `(B, T, g, g)`.
+        mask_logits: Per-class text-mask logits on the cost grid `(B, T, h, w)`.
+        text_masks: One-hot argmax of `mask_logits`, the text masks `M^text` `(B, T, h, w)`.
+
+    Example:
+        >>> out = TSPPOutput(torch.rand(1, 4, 4), torch.randn(1, 2, 4, 4),
+        ...                  torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.bool))
+        >>> out.prob.shape
+        torch.Size([1, 4, 4])
+    """
+
+    prob: Tensor
+    prob_logits: Tensor
+    mask_logits: Tensor
+    text_masks: Tensor
+
+
+@dataclass
+class InjectedGuidance(_TensorFieldsMixin):
+    """Cost-aggregation guidance after SAM-MI's decoupled mask injection.
+
+    Attributes:
+        appearance: Appearance guidance for spatial aggregation `(B, D, h, w)` (`F_mcr`).
+        decoder_guidance: Decoder guidance maps, one per upsampling stage, `(B, D_i, h_i, w_i)`.
+
+    Example:
+        >>> g = InjectedGuidance(torch.zeros(1, 8, 4, 4), [torch.zeros(1, 4, 8, 8)])
+        >>> len(g.decoder_guidance)
+        1
+    """
+
+    appearance: Tensor
+    decoder_guidance: list[Tensor]
+
+
+@dataclass
+class SAMMIOutput(_TensorFieldsMixin):
+    """Everything `SAMMI.forward` produces (logits plus intermediates for inspection and losses).
+
+    Attributes:
+        logits: Per-class segmentation logits `(B, T, h', w')` (4x the CLIP grid).
+        points: Point prompts given to SAM `(B, N, 2)` in SAM's input frame (padded).
+        point_valid: `(B, N)` bool, False at padding.
+        sam_masks: SAM's mask per point `(B, N, h', w')` (bool, zero at padding).
+        masks: Masks after shallow mask aggregation `(B, M, h', w')` (bool, padded).
+        mask_valid: `(B, M)` bool, False at padding.
+        tspp: The prompter's outputs (`TSPPOutput`), or None when TSPP is switched off.
+
+    Example:
+        >>> out = SAMMIOutput(torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 2),
+        ...                   torch.ones(1, 3, dtype=torch.bool),
+        ...                   torch.zeros(1, 3, 8, 8, dtype=torch.bool),
+        ...                   torch.zeros(1, 1, 8, 8, dtype=torch.bool),
+        ...                   torch.ones(1, 1, dtype=torch.bool), None)
+        >>> out.logits.shape
+        torch.Size([1, 2, 8, 8])
+    """
+
+    logits: Tensor
+    points: Tensor
+    point_valid: Tensor
+    sam_masks: Tensor
+    masks: Tensor
+    mask_valid: Tensor
+    tspp: TSPPOutput | None = None
