@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torchvision.ops import box_iou, generalized_box_iou, masks_to_boxes
+from torchvision.ops import box_iou, generalized_box_iou
 
 from samkit._checks import check_shape
 from samkit.losses.segmentation import pairwise_dice_loss
 from samkit.modules.merging import merge_boxes
+from samkit.proposals import mask_boxes
 from samkit.types import Patches, PatchTargets
 
 __all__ = [
@@ -335,7 +336,7 @@ def build_patch_targets(
     masks = segment_masks.bool()
     things = segment_labels < num_things
     t_masks, t_labels = masks[things], segment_labels[things].long()
-    t_boxes = _mask_boxes(t_masks)
+    t_boxes = mask_boxes(t_masks)
     p_masks, p_boxes = patches.masks.bool(), patches.boxes.float()
     iop, iou = patch_overlaps(p_masks, p_boxes, t_masks, t_boxes)
     parts = assigner(iop, iou)
@@ -352,7 +353,7 @@ def build_patch_targets(
     for m, lab in zip(masks[~things], segment_labels[~things], strict=True):
         sem_masks[int(lab) - num_things] |= m
     present = sem_masks.flatten(1).any(1)
-    sem_iop, _ = patch_overlaps(p_masks, p_boxes, sem_masks, _mask_boxes(sem_masks))
+    sem_iop, _ = patch_overlaps(p_masks, p_boxes, sem_masks, mask_boxes(sem_masks))
     sem_parts = (sem_iop > stuff_thr) & present[None, :]
     scale = p_boxes.new_tensor([w, h, w, h])
     return PatchTargets(
@@ -363,15 +364,3 @@ def build_patch_targets(
         semantic_parts=sem_parts.T.float(),
         semantic_positive=present & sem_parts.any(0),
     )
-
-
-def _mask_boxes(masks: Tensor) -> Tensor:
-    """`(x0, y0, x1, y1)` boxes `(G, 4)` of masks `(G, H, W)` with exclusive max; zeros if empty."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, 4, device=masks.device)
-    boxes = masks_to_boxes(masks.float()) if masks.any() else None
-    if boxes is None:
-        return torch.zeros(masks.shape[0], 4, device=masks.device)
-    empty = ~masks.flatten(1).any(1)
-    boxes = boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
-    return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
