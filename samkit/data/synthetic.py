@@ -407,10 +407,11 @@ def _expressions_for(
     num: int,
     no_target_fraction: float,
 ) -> list[ReferringExpression]:
-    areas = inst.reshape(inst.shape[0], -1).sum(1)
-    ys, xs = np.mgrid[0 : inst.shape[1], 0 : inst.shape[2]]
-    cx = (inst * xs[None]).reshape(inst.shape[0], -1).sum(1) / np.maximum(areas, 1)
-    cy = (inst * ys[None]).reshape(inst.shape[0], -1).sum(1) / np.maximum(areas, 1)
+    n, h, w = inst.shape
+    areas = inst.reshape(n, h * w).sum(1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    cx = (inst * xs[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
+    cy = (inst * ys[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
     found, absent = _expr.candidates(
         classes,
         colors,
@@ -482,28 +483,22 @@ def _split_segment(
     crop = mask[y0:y1, x0:x1]
     pieces, n_pieces = ndimage.label(crop)  # 4-connectivity by default
     k = int(rng.integers(1, max_parts + 1))
-    k = max(1, min(k, area // max(1, 2 * min_part_area) if area >= 2 * min_part_area else 1))
+    k = max(1, min(k, area // max(1, min_part_area)))
     coords = np.stack([ys - y0, xs - x0], axis=1)
-    seeds = [int(rng.integers(len(coords)))]
-    for _ in range(k - 1):
-        # randomised farthest-point sampling keeps the parts reasonably balanced
-        d = np.min(((coords[:, None] - coords[seeds][None]) ** 2).sum(-1), axis=1)
+    piece_of = pieces[coords[:, 0], coords[:, 1]]
+    # one seed inside every connected piece, then randomised farthest-point sampling
+    seeds = [int(rng.choice(np.flatnonzero(piece_of == p))) for p in range(1, n_pieces + 1)]
+    d = np.min(((coords[:, None] - coords[seeds][None]) ** 2).sum(-1), axis=1)
+    while len(seeds) < k and d.max() > 0:
         far = np.flatnonzero(d >= 0.5 * d.max())
-        if d.max() == 0:
-            break
         seeds.append(int(far[rng.integers(len(far))]))
+        d = np.minimum(d, ((coords - coords[seeds[-1]]) ** 2).sum(-1))
     markers = np.zeros(crop.shape, dtype=np.int64)
     for i, idx in enumerate(seeds):
         markers[coords[idx, 0], coords[idx, 1]] = i + 1
-    for piece in range(1, n_pieces + 1):
-        inside = pieces == piece
-        if not (markers[inside] > 0).any():
-            py, px = np.nonzero(inside)
-            j = int(rng.integers(len(py)))
-            markers[py[j], px[j]] = markers.max() + 1
     cells = watershed(np.zeros(crop.shape), markers=markers, mask=crop, connectivity=1)
     out = []
-    for label in range(1, int(markers.max()) + 1):
+    for label in range(1, len(seeds) + 1):
         part = np.zeros(mask.shape, dtype=bool)
         part[y0:y1, x0:x1] = cells == label
         if part.any():
