@@ -157,6 +157,9 @@ def create_clip_model(
             pretrained_text=False,
         )
     if state is not None:
+        # JIT archives also store non-persistent buffers (e.g. the causal `attn_mask`)
+        transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+        state = {k: v for k, v in state.items() if k not in transient}
         resize_pos_embed(state, model)
         resize_text_pos_embed(state, model)
         try:
