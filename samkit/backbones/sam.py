@@ -303,14 +303,15 @@ class SamBackbone(nn.Module):
         """
         sizes = check_shape(images, "B 3 H W", name="images")
         input_size = self._resized_size((sizes["H"], sizes["W"]))
-        x = images
+        # resize and normalise in (at least) float32: antialiased resizing has no half kernels
+        x = images if images.dtype == torch.float64 else images.float()
         if input_size != (sizes["H"], sizes["W"]):
             x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
         mean = self.pixel_mean.to(x.dtype)
         std = self.pixel_std.to(x.dtype)
         x = (x * 255.0 - mean) / std
         x = F.pad(x, (0, self.img_size - input_size[1], 0, self.img_size - input_size[0]))
-        return x, input_size
+        return x.to(images.dtype) if images.is_floating_point() else x, input_size
 
     def transform_coords(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
         """Map `(x, y)` pixel coordinates from the original frame to the SAM input frame.
@@ -380,6 +381,9 @@ class SamBackbone(nn.Module):
         """
         sizes = check_shape(images, "B 3 H W", name="images")
         x, input_size = self.preprocess(images)
+        weight = self.image_encoder.patch_embed.proj.weight
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)
         return ImageEmbedding(
             embeddings=self.image_encoder(x),
             input_size=input_size,
@@ -388,27 +392,40 @@ class SamBackbone(nn.Module):
 
     # ------------------------------------------------------------------ prompts
 
-    def dense_pe(self) -> Tensor:
-        """Positional encoding of the embedding grid, `(1, D, h, w)` (SAM's `get_dense_pe`)."""
-        return self.prompt_encoder.get_dense_pe()  # type: ignore[no-any-return,operator]
+    def _work_dtype(self) -> torch.dtype:
+        """Dtype of coordinates and Fourier features: float32 (float64 for a float64 model)."""
+        gaussian = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        return torch.float64 if gaussian.dtype == torch.float64 else torch.float32
 
-    def _encode_coords(self, coords: Tensor) -> Tensor:
-        """Random-Fourier encoding of `(..., 2)` SAM-input-frame coordinates -> `(..., D)`."""
-        pe = self.prompt_encoder.pe_layer
-        gaussian = pe.positional_encoding_gaussian_matrix  # (2, D/2)
-        h_in, w_in = self.prompt_encoder.input_image_size  # type: ignore[misc]
-        size = torch.tensor([w_in, h_in], device=coords.device, dtype=coords.dtype)
-        x = coords / size
-        x = 2 * x - 1
+    def _fourier(self, unit: Tensor) -> Tensor:
+        """SAM's random-Fourier encoding of `(..., 2)` coordinates in `[0, 1]` -> `(..., D)`."""
+        gaussian = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix  # (2, D/2)
+        x = 2 * unit - 1
         x = x @ gaussian.to(x.dtype)
         x = 2 * math.pi * x
-        return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+        out = torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+        return out.to(self.prompt_encoder.no_mask_embed.weight.dtype)
+
+    def dense_pe(self) -> Tensor:
+        """Positional encoding of the embedding grid, `(1, D, h, w)` (SAM's `get_dense_pe`)."""
+        h, w = self.embedding_size
+        device, dtype = self.pixel_mean.device, self._work_dtype()
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
+        return rearrange(self._fourier(grid), "h w d -> 1 d h w")
+
+    def _encode_coords(self, coords: Tensor) -> Tensor:
+        """Fourier encoding of `(..., 2)` `(x, y)` pixels in the SAM input frame -> `(..., D)`."""
+        h_in, w_in = self.prompt_encoder.input_image_size  # type: ignore[misc]
+        size = torch.tensor([w_in, h_in], device=coords.device, dtype=coords.dtype)
+        return self._fourier(coords / size)
 
     def _embed_points(self, points: Tensor, labels: Tensor, *, pad: bool) -> Tensor:
         """Embed `(B, K, N, 2)` points with `(B, K, N)` labels into `(B, K, N[+1], D)` tokens."""
         pe = self.prompt_encoder
         dtype = pe.no_mask_embed.weight.dtype
-        points = points.to(dtype) + 0.5  # shift to the pixel centre
+        points = points.to(self._work_dtype()) + 0.5  # shift to the pixel centre
         labels = labels.to(points.device)
         if pad:
             b, k = points.shape[:2]
@@ -425,9 +442,7 @@ class SamBackbone(nn.Module):
     def _embed_boxes(self, boxes: Tensor) -> Tensor:
         """Embed `(B, K, 4)` boxes into two corner tokens `(B, K, 2, D)`."""
         pe = self.prompt_encoder
-        corners = rearrange(
-            boxes.to(pe.no_mask_embed.weight.dtype) + 0.5, "b k (c two) -> b k c two", two=2
-        )
+        corners = rearrange(boxes.to(self._work_dtype()) + 0.5, "b k (c two) -> b k c two", two=2)
         emb = self._encode_coords(corners)
         corner_types = torch.cat([pe.point_embeddings[2].weight, pe.point_embeddings[3].weight])
         return emb + corner_types

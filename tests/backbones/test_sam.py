@@ -458,6 +458,54 @@ class TestDecode:
         )
 
 
+class TestPrecision:
+    def test_dense_pe_matches_upstream(self, tiny_sam: SamBackbone) -> None:
+        torch.testing.assert_close(
+            tiny_sam.dense_pe(), tiny_sam.prompt_encoder.get_dense_pe(), rtol=0, atol=1e-6
+        )
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+    def test_model_dtype(self, tiny_sam: SamBackbone, dtype: torch.dtype) -> None:
+        from tests.conftest import TOLERANCES
+
+        images = torch.rand(2, 3, 40, 56)
+        prompts = Prompts(
+            points=torch.rand(2, 3, 2, 2) * 56,
+            labels=torch.tensor([1, 0]).repeat(2, 3, 1),
+            boxes=torch.tensor([2.0, 2.0, 50.0, 30.0]).repeat(2, 3, 1),
+            masks=torch.randn(2, 3, 1, 64, 64),
+        )
+        ref = tiny_sam(images, prompts, multimask=True)
+        sam = _fresh(tiny_sam).to(dtype)
+        out = sam(images.to(dtype), prompts, multimask=True)
+        assert out.logits is not None and out.logits.dtype == dtype and out.tokens is not None
+        tol = TOLERANCES[torch.float32] if dtype == torch.float64 else TOLERANCES[dtype]
+        torch.testing.assert_close(out.iou_scores.float(), ref.iou_scores, **tol)
+        torch.testing.assert_close(out.tokens.float(), ref.tokens, **tol)
+
+    def test_autocast_bf16(self, tiny_sam: SamBackbone) -> None:
+        images = torch.rand(1, 3, 40, 56)
+        prompts = Prompts(points=torch.rand(1, 2, 1, 2) * 56, labels=torch.ones(1, 2, 1))
+        ref = tiny_sam(images, prompts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = tiny_sam(images, prompts)
+        torch.testing.assert_close(out.iou_scores.float(), ref.iou_scores, atol=5e-2, rtol=5e-2)
+
+    def test_gradcheck(self, tiny_sam: SamBackbone) -> None:
+        sam = _fresh(tiny_sam).double()
+        emb = ImageEmbedding(torch.randn(1, 32, 16, 16, dtype=torch.float64), (128, 96), (128, 96))
+        labels = torch.tensor([[[1, 0]]])
+
+        def run(points: Tensor, sparse: Tensor) -> Tensor:
+            prompts = Prompts(points=points, labels=labels, sparse_embeddings=sparse)
+            out = sam.predict(emb, prompts, multimask=True, upsample=False)
+            return out.low_res_logits[..., ::8, ::8]
+
+        points = (torch.rand(1, 1, 2, 2, dtype=torch.float64) * 100).requires_grad_()
+        sparse = torch.randn(1, 1, 1, 32, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(run, (points, sparse), fast_mode=True)
+
+
 class TestPredictPoints:
     @pytest.mark.parametrize("batch_size", [1, 2, 64])
     def test_equals_one_by_one(self, tiny_sam: SamBackbone, batch_size: int) -> None:
