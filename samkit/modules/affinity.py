@@ -35,6 +35,7 @@ __all__ = [
     "AffinityDecoderLayer",
     "AffinityHead",
     "SemanticQueryEmbedding",
+    "compose_queries",
     "semantic_instance_attention_mask",
 ]
 
@@ -401,6 +402,45 @@ class AffinityDecoder(nn.Module):
             affinities=torch.stack(affinities),
             boxes=torch.stack(boxes),
         )
+
+
+def compose_queries(
+    semantic: Tensor,
+    semantic_boxes: Tensor,
+    patch_tokens: Tensor,
+    patch_boxes: Tensor,
+    image_size: tuple[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack `[S semantic, N instance]` queries and their reference boxes for the decoder.
+
+    Instance query `j` is patch token `j`, its reference the patch box (normalised `cx, cy, w,
+    h`); every image shares the semantic queries. Follows SAM-CP, spec section 3.1.
+
+    Args:
+        semantic: Semantic queries `(S, D)`.
+        semantic_boxes: Their reference boxes `(S, 4)`, normalised `(cx, cy, w, h)`.
+        patch_tokens: Encoded patch tokens `(B, N, D)`.
+        patch_boxes: Patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
+        image_size: `(H, W)` of the images.
+
+    Returns:
+        `(queries (B, S + N, D), reference boxes (B, S + N, 4), normalised patch boxes
+        (B, N, 4) as (x0, y0, x1, y1))`.
+
+    Example:
+        >>> q, ref, nb = compose_queries(torch.zeros(2, 8), torch.rand(2, 4), torch.zeros(1, 3, 8),
+        ...                              torch.tensor([[[0.0, 0, 4, 4]] * 3]), (8, 8))
+        >>> q.shape, ref[0, 2].tolist()
+        (torch.Size([1, 5, 8]), [0.25, 0.25, 0.5, 0.5])
+    """
+    s = check_shape(patch_tokens, "B N D", name="patch_tokens")
+    check_shape(semantic, "S D", name="semantic", known={"D": s["D"]})
+    check_shape(patch_boxes, "B N 4", name="patch_boxes", known=s)
+    h, w = image_size
+    norm = patch_boxes / patch_boxes.new_tensor([w, h, w, h])
+    queries = torch.cat([repeat(semantic, "s d -> b s d", b=s["B"]), patch_tokens], 1)
+    refs = torch.cat([repeat(semantic_boxes, "s c -> b s c", b=s["B"]), _xyxy_to_cxcywh(norm)], 1)
+    return queries, refs, norm
 
 
 def _xyxy_to_cxcywh(b: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ __all__ = [
     "merge_boxes",
     "merge_patches",
     "normalize_affinity",
+    "query_candidates",
     "select_instances",
 ]
 
@@ -136,6 +137,51 @@ def merge_boxes(
     empty = ~sel.any(2)  # b k 1
     fill = torch.tensor(canvas, dtype=out.dtype, device=out.device)
     return torch.where(empty, fill, out)
+
+
+def query_candidates(
+    class_probs: Tensor,
+    affinity: Tensor,
+    *,
+    num_semantic: int,
+    num_things: int,
+    affinity_threshold: float = 0.3,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Score and label every query of one image for panoptic fusion (SAM-CP, spec section 6).
+
+    Semantic query `s` is stuff class `num_things + s` with score `p[s, num_things + s]`; an
+    instance query takes its best thing class. A query is valid when its largest affinity
+    probability exceeds `affinity_threshold`.
+
+    Args:
+        class_probs: Class probabilities `(K, T)`, queries ordered `[S semantic, instances]`.
+        affinity: Affinity logits `(K, N)` over the image's valid patches.
+        num_semantic: Number of semantic queries `S`.
+        num_things: Number of thing classes.
+        affinity_threshold: Minimum peak affinity probability.
+
+    Returns:
+        `(scores (K,), labels (K,), valid (K,))`.
+
+    Example:
+        >>> probs = torch.tensor([[0.1, 0.2, 0.9], [0.7, 0.3, 0.5]])
+        >>> s, l, v = query_candidates(probs, torch.tensor([[2.0], [-2.0]]), num_semantic=1,
+        ...                            num_things=2)
+        >>> s.tolist(), l.tolist(), v.tolist()
+        ([0.8999999761581421, 0.699999988079071], [2, 0], [True, False])
+    """
+    s = check_shape(class_probs, "K T", name="class_probs")
+    check_shape(affinity, "K N", name="affinity", known={"K": s["K"]})
+    idx = torch.arange(num_semantic, device=class_probs.device)
+    sem_scores = class_probs[idx, num_things + idx]
+    inst_scores, inst_labels = class_probs[num_semantic:, :num_things].max(-1)
+    scores = torch.cat([sem_scores, inst_scores])
+    labels = torch.cat([num_things + idx, inst_labels])
+    if affinity.shape[1] == 0:
+        valid = torch.zeros_like(scores, dtype=torch.bool)
+    else:
+        valid = affinity.sigmoid().amax(-1) > affinity_threshold
+    return scores, labels, valid
 
 
 def select_instances(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -28,6 +29,7 @@ __all__ = [
     "PostNormSelfAttentionLayer",
     "ResNetFPN",
     "ResidualFFN",
+    "TimmFPN",
     "TinyFeaturePyramid",
     "box_sine_embedding",
     "roi_levels",
@@ -260,6 +262,52 @@ class ResNetFPN(_Normalize):
         return list(self.fpn(feats).values())
 
 
+class TimmFPN(_Normalize):
+    """Any timm backbone with 4 feature levels (e.g. ConvNeXt-L, Swin-L) + a torchvision FPN.
+
+    Built with `pretrained=False` (load weights separately, never downloaded).
+
+    Example:
+        >>> net = TimmFPN(model_name="resnet18", out_channels=16)
+        >>> len(net(torch.rand(1, 3, 64, 64)))
+        4
+    """
+
+    def __init__(self, *, model_name: str, out_channels: int = 256, **kwargs: Any) -> None:
+        """Create the backbone.
+
+        Args:
+            model_name: A timm model name (`"convnext_large"`, `"swin_large_patch4_window7_224"`).
+            out_channels: FPN width `D`.
+            **kwargs: Passed to `timm.create_model` (e.g. `img_size` for Swin).
+        """
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(
+            model_name, pretrained=False, features_only=True, out_indices=(-4, -3, -2, -1), **kwargs
+        )
+        self.channels = list(self.body.feature_info.channels())  # type: ignore[union-attr,operator]
+        self.fpn = FeaturePyramidNetwork(self.channels, out_channels)
+        cfg = getattr(self.body, "pretrained_cfg", {}) or {}
+        mean, std = cfg.get("mean", _MEAN), cfg.get("std", _STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
+        check_shape(images, "B 3 H W", name="images")
+        feats = {}
+        for i, (x, c) in enumerate(
+            zip(self.body(self._normalize(images)), self.channels, strict=True)
+        ):
+            if x.shape[1] != c and x.shape[-1] == c:  # channels-last (Swin)
+                x = rearrange(x, "b h w c -> b c h w")
+            feats[str(i)] = x
+        return list(self.fpn(feats).values())
+
+
 class PatchEncoder(nn.Module):
     """Encodes SAM patches into tokens from image features, patch masks and patch boxes.
 
@@ -399,6 +447,14 @@ class PatchEncoder(nn.Module):
             feats = feats * (roi_masks >= 0.5).to(feats.dtype)
         tokens = self.roi_norm(self.roi_mlp(feats.flatten(1)))
         return rearrange(tokens, "(b n) d -> b n d", b=b, n=n)
+
+    def embed_normalized_boxes(
+        self, features: Sequence[Tensor], boxes: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """RoI tokens `(B, K, D)` of normalised `(x0, y0, x1, y1)` boxes `(B, K, 4)` (for QE)."""
+        h, w = image_size
+        pixel = boxes * boxes.new_tensor([w, h, w, h])
+        return self.embed_boxes(features, pixel, None, image_size=image_size)
 
     def _roi_features(
         self, features: Sequence[Tensor], rois5: Tensor, image_size: tuple[int, int]

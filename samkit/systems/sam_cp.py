@@ -1,0 +1,425 @@
+"""SAM-CP: semantic, instance and panoptic segmentation by composing SAM patches.
+
+Wiring only (spec `sam-cp.md`): an image feature pyramid and `PatchEncoder` turn SAM patches into
+tokens; semantic queries come from CLIP text embeddings of the stuff classes and instance queries
+from the patch tokens; `AffinityDecoder` scores every query against every patch on each layer;
+`VisionLanguageClassifier` labels queries against CLIP text embeddings of all classes;
+`predict` merges patches per query and fuses them into panoptic, instance and semantic results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from samkit._checks import check_shape
+from samkit.backbones.clip import ClipBackbone, build_clip_backbone
+from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
+from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
+from samkit.modules.merging import (
+    PanopticFusion,
+    merge_patches,
+    query_candidates,
+    select_instances,
+)
+from samkit.modules.patch_encoder import PatchEncoder, ResNetFPN, TimmFPN, TinyFeaturePyramid
+from samkit.proposals import SamPatchProposer, pad_patches
+from samkit.types import PanopticResult, Patches, SAMCPOutput
+
+__all__ = [
+    "COCO_STUFF_CLASSES",
+    "COCO_THING_CLASSES",
+    "SAMCP",
+    "SAMCPConfig",
+    "build_sam_cp",
+]
+
+COCO_THING_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+"""The 80 COCO thing classes, in COCO-panoptic contiguous order."""
+
+COCO_STUFF_CLASSES: tuple[str, ...] = (
+    "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door", "wood floor",
+    "flower", "fruit", "gravel", "house", "light", "mirror", "net", "pillow", "platform",
+    "playingfield", "railroad", "river", "road", "roof", "sand", "sea", "shelf", "snow",
+    "stairs", "tent", "towel", "brick wall", "stone wall", "tile wall", "wood wall", "water",
+    "window blind", "window", "tree", "fence", "ceiling", "sky", "cabinet", "table", "floor",
+    "pavement", "mountain", "grass", "dirt", "paper", "food", "building", "rock", "wall", "rug",
+)  # fmt: skip
+"""The 53 COCO-panoptic stuff classes (merged names made readable), in contiguous order."""
+
+
+@dataclass
+class SAMCPConfig:
+    """SAM-CP hyper-parameters; the defaults are the paper / released-config setting.
+
+    Example:
+        >>> cfg = SAMCPConfig.tiny()
+        >>> cfg.dim, cfg.decoder_layers, len(SAMCPConfig().thing_classes)
+        (32, 2, 80)
+    """
+
+    backbone: str = (
+        "resnet50"  # patch-encoder image backbone: resnet50 | tiny | convnext_large | swin_large
+    )
+    backbone_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # extra timm kwargs (e.g. img_size)
+    sam_variant: str = "vit_h"  # SAM used by the patch proposer (ViT-H in the paper)
+    sam_checkpoint: str | None = None  # local SAM weights for the proposer
+    build_proposer: bool = True  # build SAM for `predict(images)` without precomputed patches
+    clip_name: str = "ViT-B-16"  # CLIP giving the class text embeddings (ViT-B, 512-d)
+    clip_checkpoint: str | None = None  # local CLIP weights
+    text_templates: tuple[str, ...] = ("a photo of a {}.",)  # prompt templates for class names
+    dim: int = 256  # token / query width D
+    num_heads: int = 8  # attention heads everywhere
+    ffn_dim: int = 2048  # FFN hidden width (encoder, decoder, affinity head)
+    mlp_dim: int = 1024  # hidden width of the RoI MLP (12544 -> 1024 -> 256)
+    encoder_layers: int = 6  # omega: self-attention layers of the patch encoder
+    decoder_layers: int = 6  # affinity decoder layers
+    roi_size: int = 7  # RoIAlign output size
+    finest_scale: float = 56.0  # mmdet RoI level mapping scale
+    use_mask_roi: bool = True  # MaskRoI: multiply RoI features by the patch mask
+    dynamic_cross_attention: bool = True  # DCA
+    affinity_refinement: bool = True  # AR
+    query_enhancement: bool = False  # QE (off in the released config)
+    thing_classes: tuple[str, ...] = COCO_THING_CLASSES  # instance-level classes
+    stuff_classes: tuple[str, ...] = COCO_STUFF_CLASSES  # semantic-query classes
+    open_vocabulary: bool = False  # mix in a frozen-CLIP mask classifier at inference
+    kappa: float = 0.4  # weight of the CLIP classifier in the geometric ensemble
+    object_mask_threshold: float = 0.3  # minimum query score kept by panoptic fusion
+    affinity_threshold: float = 0.3  # minimum peak affinity probability of a kept query
+    overlap_threshold: float = 0.8  # minimum kept fraction of a segment's mask
+    max_per_image: int = 100  # candidates / instances kept per image
+    points_per_side: int = 48  # proposer point grid (SAM*)
+    points_per_batch: int = 256  # proposer prompts decoded at once
+    pred_iou_thresh: float = 0.8  # proposer predicted-IoU filter
+    stability_score_thresh: float = 0.9  # proposer stability filter
+    box_nms_thresh: float = 0.7  # proposer box NMS
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> SAMCPConfig:
+        """A small CPU preset: tiny conv pyramid, tiny SAM / CLIP, synthetic-scene classes."""
+        from samkit.data.synthetic import STUFF_CLASSES, THING_CLASSES
+
+        base = cls(
+            backbone="tiny",
+            sam_variant="tiny",
+            clip_name="tiny",
+            dim=32,
+            num_heads=4,
+            ffn_dim=64,
+            mlp_dim=64,
+            encoder_layers=1,
+            decoder_layers=2,
+            finest_scale=16.0,
+            thing_classes=THING_CLASSES,
+            stuff_classes=STUFF_CLASSES,
+            points_per_side=8,
+            points_per_batch=64,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+        )
+        return dataclasses.replace(base, **overrides)
+
+
+class SAMCP(nn.Module):
+    """SAM-CP: composable prompts over SAM patches (semantic queries + instance queries).
+
+    `forward` returns per-layer affinities and class logits for training; `predict` returns
+    panoptic, instance and semantic results at the original size.
+
+    Example:
+        >>> model = build_sam_cp("tiny", build_proposer=False).eval()
+        >>> from samkit.proposals import patches_from_masks
+        >>> masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+        >>> masks[0, :32], masks[1, 32:, :32], masks[2, 32:, 32:] = True, True, True
+        >>> out = model(torch.rand(1, 3, 64, 64), [patches_from_masks(masks)])
+        >>> out.affinities.shape, out.class_logits.shape
+        (torch.Size([2, 1, 8, 3]), torch.Size([2, 1, 8, 9]))
+        >>> model.predict(torch.rand(1, 3, 64, 64), [patches_from_masks(masks)])[0].panoptic.shape
+        torch.Size([64, 64])
+    """
+
+    clip: ClipBackbone
+
+    def __init__(
+        self,
+        *,
+        config: SAMCPConfig,
+        feature_extractor: nn.Module,
+        patch_encoder: PatchEncoder,
+        semantic_queries: SemanticQueryEmbedding,
+        decoder: AffinityDecoder,
+        classifier: VisionLanguageClassifier,
+        fusion: PanopticFusion,
+        clip: ClipBackbone,
+        proposer: SamPatchProposer | None = None,
+        open_vocabulary: OpenVocabularyEnsemble | None = None,
+    ) -> None:
+        """Assemble the system from built parts; prefer `build_sam_cp`.
+
+        Args:
+            config: The configuration the parts were built from.
+            feature_extractor: Images `(B, 3, H, W)` -> list of `(B, D, h, w)`, finest first.
+            patch_encoder: The patch encoder.
+            semantic_queries: Text embeddings -> semantic queries and reference boxes.
+            decoder: The affinity decoder.
+            classifier: The vision-language classifier.
+            fusion: The panoptic fusion.
+            clip: A `ClipBackbone` (frozen) for class text embeddings.
+            proposer: Optional SAM patch proposer used when `predict` gets no patches.
+            open_vocabulary: Optional frozen-CLIP ensemble applied in `predict`.
+        """
+        super().__init__()
+        self.config = config
+        self.feature_extractor = feature_extractor
+        self.patch_encoder = patch_encoder
+        self.semantic_queries = semantic_queries
+        self.decoder = decoder
+        self.classifier = classifier
+        self.fusion = fusion
+        self.clip = clip
+        self.proposer = proposer
+        self.open_vocabulary = open_vocabulary
+        self._text_cache: dict[tuple[str, ...], Tensor] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Default class names: things, then stuff."""
+        return tuple(self.config.thing_classes) + tuple(self.config.stuff_classes)
+
+    @torch.no_grad()
+    def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
+        """Normalised CLIP text embeddings `(T, C)` of class names (cached, frozen)."""
+        key = tuple(class_names)
+        if key not in self._text_cache:
+            templates = list(self.config.text_templates) or None
+            self._text_cache[key] = self.clip.encode_text(list(key), templates=templates).embeddings
+        return self._text_cache[key]
+
+    def forward(
+        self,
+        images: Tensor,
+        patches: Sequence[Patches],
+        class_names: Sequence[str] | None = None,
+        *,
+        num_things: int | None = None,
+    ) -> SAMCPOutput:
+        """Score every patch against semantic and instance queries on every decoder layer.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            patches: `B` `Patches` (masks at the image size).
+            class_names: Class names, things first; defaults to the config's classes.
+            num_things: How many of `class_names` are things (required with `class_names`
+                unless they equal the defaults).
+
+        Returns:
+            `SAMCPOutput` with `affinities (L, B, S + N, N)` and `class_logits (L, B, S + N, T)`.
+
+        Raises:
+            ValueError: On shape mismatches or a missing `num_things`.
+        """
+        s = check_shape(images, "B 3 H W", name="images")
+        if len(patches) != s["B"]:
+            raise ValueError(f"patches: expected {s['B']} Patches, got {len(patches)}")
+        names, num_things = self._resolve_classes(class_names, num_things)
+        size = (s["H"], s["W"])
+        text = self.text_embeddings(names).to(images.device)
+        masks, boxes, _, pad = pad_patches(patches)
+        feats = self.feature_extractor(images)
+        tokens, pos = self.patch_encoder(feats, boxes, masks, pad, image_size=size)
+        sem, sem_boxes = self.semantic_queries(text[num_things:])
+        queries, refs, norm_boxes = compose_queries(sem, sem_boxes, tokens, boxes, size)
+        out = self.decoder(
+            queries,
+            refs,
+            tokens,
+            pos,
+            norm_boxes,
+            num_semantic=len(names) - num_things,
+            patch_padding_mask=pad,
+            query_enhancer=lambda b: self.patch_encoder.embed_normalized_boxes(feats, b, size),
+        )
+        return SAMCPOutput(
+            affinities=out.affinities,
+            class_logits=self.classifier(out.hidden_states, text),
+            patch_boxes=boxes,
+            padding_mask=pad,
+            num_semantic=len(names) - num_things,
+            num_things=num_things,
+            image_size=size,
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        patches: Sequence[Patches] | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        num_things: int | None = None,
+    ) -> list[PanopticResult]:
+        """Panoptic, instance and semantic results for each image, at its original size.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            patches: `B` `Patches`; computed with the SAM proposer when `None`.
+            class_names: Class names, things first (default: the config's classes).
+            num_things: Number of thing classes in `class_names`.
+
+        Returns:
+            `B` `PanopticResult`s.
+
+        Raises:
+            RuntimeError: If `patches` is `None` and the model has no proposer.
+        """
+        if patches is None:
+            if self.proposer is None:
+                raise RuntimeError("SAMCP.predict: pass patches or build with build_proposer=True")
+            patches = self.proposer(images)
+        names, num_things = self._resolve_classes(class_names, num_things)
+        out = self.forward(images, patches, names, num_things=num_things)
+        masks, _, _, pad = pad_patches(patches)
+        merged = merge_patches(out.affinities[-1], masks, pad)
+        probs = out.class_logits[-1].sigmoid()
+        if self.open_vocabulary is not None:
+            dense = self.clip.dense_features(images)
+            text = self.text_embeddings(names).to(images.device)
+            probs = self.open_vocabulary(out.class_logits[-1], dense, merged, text)
+        results = []
+        for i, p in enumerate(patches):
+            n = p.num_patches
+            scores, labels, valid = query_candidates(
+                probs[i],
+                out.affinities[-1, i, :, :n],
+                num_semantic=out.num_semantic,
+                num_things=num_things,
+                affinity_threshold=self.config.affinity_threshold,
+            )
+            inst = select_instances(
+                probs[i, out.num_semantic :, :num_things],
+                merged[i, out.num_semantic :],
+                max_per_image=self.config.max_per_image,
+            )
+            self.fusion.num_things = num_things
+            results.append(self.fusion(scores, labels, merged[i], valid, instances=inst))
+        return results
+
+    def _resolve_classes(
+        self, class_names: Sequence[str] | None, num_things: int | None
+    ) -> tuple[list[str], int]:
+        if class_names is None:
+            return list(self.class_names), len(self.config.thing_classes)
+        names = list(class_names)
+        if num_things is None:
+            if tuple(names) != self.class_names:
+                raise ValueError("SAMCP: give num_things together with custom class_names")
+            num_things = len(self.config.thing_classes)
+        if not 0 <= num_things <= len(names):
+            raise ValueError(f"num_things: expected 0..{len(names)}, got {num_things}")
+        return names, num_things
+
+
+def _feature_extractor(cfg: SAMCPConfig) -> nn.Module:
+    if cfg.backbone == "tiny":
+        return TinyFeaturePyramid(dim=cfg.dim)
+    if cfg.backbone.startswith("resnet"):
+        return ResNetFPN(depth=int(cfg.backbone[len("resnet") :]), out_channels=cfg.dim)
+    names = {"convnext_large": "convnext_large", "swin_large": "swin_large_patch4_window12_384"}
+    return TimmFPN(
+        model_name=names.get(cfg.backbone, cfg.backbone),
+        out_channels=cfg.dim,
+        **cfg.backbone_kwargs,
+    )
+
+
+def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) -> SAMCP:
+    """Build SAM-CP from a config, a dict of fields, or the preset name `"tiny"`.
+
+    Args:
+        cfg: A `SAMCPConfig`, a dict of its fields, `"tiny"`, or `None` for the paper defaults.
+        **overrides: Fields replaced after `cfg` is resolved.
+
+    Returns:
+        The `SAMCP` module (random weights unless checkpoints are given in the config).
+
+    Example:
+        >>> model = build_sam_cp("tiny", build_proposer=False, decoder_layers=1)
+        >>> model.config.decoder_layers
+        1
+    """
+    if cfg is None:
+        cfg = SAMCPConfig()
+    elif isinstance(cfg, str):
+        if cfg != "tiny":
+            raise ValueError(f"unknown SAM-CP preset {cfg!r}; expected 'tiny'")
+        cfg = SAMCPConfig.tiny()
+    elif isinstance(cfg, dict):
+        cfg = SAMCPConfig(**cfg)
+    cfg = dataclasses.replace(cfg, **overrides)
+    clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
+    proposer = None
+    if cfg.build_proposer:
+        from samkit.backbones.sam import build_sam_backbone
+
+        sam = build_sam_backbone(cfg.sam_variant, cfg.sam_checkpoint)
+        sam.requires_grad_(False)
+        proposer = SamPatchProposer(
+            sam=sam,
+            points_per_side=cfg.points_per_side,
+            points_per_batch=cfg.points_per_batch,
+            pred_iou_thresh=cfg.pred_iou_thresh,
+            stability_score_thresh=cfg.stability_score_thresh,
+            box_nms_thresh=cfg.box_nms_thresh,
+        )
+    return SAMCP(
+        config=cfg,
+        feature_extractor=_feature_extractor(cfg),
+        patch_encoder=PatchEncoder(
+            dim=cfg.dim,
+            num_heads=cfg.num_heads,
+            ffn_dim=cfg.ffn_dim,
+            mlp_dim=cfg.mlp_dim,
+            num_layers=cfg.encoder_layers,
+            roi_size=cfg.roi_size,
+            finest_scale=cfg.finest_scale,
+            use_mask_roi=cfg.use_mask_roi,
+        ),
+        semantic_queries=SemanticQueryEmbedding(text_dim=clip.embed_dim, dim=cfg.dim),
+        decoder=AffinityDecoder(
+            dim=cfg.dim,
+            num_layers=cfg.decoder_layers,
+            num_heads=cfg.num_heads,
+            ffn_dim=cfg.ffn_dim,
+            dynamic_cross_attention=cfg.dynamic_cross_attention,
+            affinity_refinement=cfg.affinity_refinement,
+            query_enhancement=cfg.query_enhancement,
+        ),
+        classifier=VisionLanguageClassifier(dim=cfg.dim, text_dim=clip.embed_dim),
+        fusion=PanopticFusion(
+            num_things=len(cfg.thing_classes),
+            object_mask_threshold=cfg.object_mask_threshold,
+            overlap_threshold=cfg.overlap_threshold,
+            max_per_image=cfg.max_per_image,
+        ),
+        clip=clip,
+        proposer=proposer,
+        open_vocabulary=OpenVocabularyEnsemble(kappa=cfg.kappa) if cfg.open_vocabulary else None,
+    )
