@@ -24,6 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "PALETTE",
+    "POINT_COLORS",
     "colorize_labels",
     "draw_points",
     "make_grid",

@@ -34,11 +34,11 @@ from samkit.data.synthetic import CLASS_NAMES, Scene, Segment, generate_scene, o
 from samkit.types import _TensorFieldsMixin
 
 __all__ = [
-    "SPLIT_OFFSETS",
     "PanopticBatch",
     "PanopticSample",
     "ReferringBatch",
     "ReferringSample",
+    "SPLIT_OFFSETS",
     "SemanticBatch",
     "SemanticSample",
     "SyntheticPanopticDataset",
