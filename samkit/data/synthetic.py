@@ -99,7 +99,7 @@ class StuffStyle(NamedTuple):
 
 STUFF_STYLES: dict[str, StuffStyle] = {
     "grass": StuffStyle((0.33, 0.52, 0.24), "noise", 0.12),
-    "sky": StuffStyle((0.55, 0.75, 0.92), "gradient", 0.15),
+    "sky": StuffStyle((0.55, 0.74, 0.84), "gradient", 0.15),
     "water": StuffStyle((0.16, 0.36, 0.58), "stripes", 0.10),
     "sand": StuffStyle((0.82, 0.72, 0.50), "noise", 0.07),
     "wall": StuffStyle((0.55, 0.52, 0.50), "checker", 0.08),

@@ -157,6 +157,10 @@ class TestGenerateScene:
         assert len(scene.expressions) == 4
         assert scene.instance_boxes.shape == (scene.num_instances, 4)
         assert len(scene.describe()) == scene.num_instances
+        for box, m in zip(scene.instance_boxes, scene.instance_masks, strict=True):
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            expected = [xs.min(), ys.min(), xs.max(), ys.max()]
+            assert box.tolist() == [float(v) for v in expected]
 
     @pytest.mark.parametrize("size", [16, 33, (40, 64), (64, 24), 128])
     def test_shape(self, size: int | tuple[int, int]) -> None:
@@ -229,6 +233,15 @@ class TestGenerateScene:
             stuff = scene.semantic.unique().tolist()
             assert 1 <= len(stuff) <= 3 and min(stuff) >= NUM_THING_CLASSES
             seen.add(len(stuff))
+            for cid in stuff:
+                region = scene.image[:, scene.semantic == cid]
+                if region.shape[1] < 50:
+                    continue
+                style = STUFF_STYLES[CLASS_NAMES[cid]]
+                # muted base colour, visibly textured
+                base = torch.tensor(style.color)
+                assert (region.mean(1) - base).abs().max() < style.amplitude + 0.05
+                assert float(region.std(1).mean()) > 0.1 * style.amplitude
         assert seen == {1, 2, 3}
 
     @given(seed=SEEDS, size=SIZES)
