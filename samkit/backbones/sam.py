@@ -23,7 +23,6 @@ must satisfy to be used by samkit's systems.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -43,6 +42,13 @@ from samkit.backbones._sam_build import (
     build_sam_parts,
     load_strict,
     read_state_dict,
+)
+from samkit.backbones._sam_ops import (
+    dense_positional_encoding,
+    embed_boxes,
+    embed_points,
+    encoder_forward,
+    predict_masks_batched,
 )
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
@@ -370,82 +376,48 @@ class SamBackbone(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def encode(self, images: Tensor) -> ImageEmbedding:
+    def encode(self, images: Tensor, *, intermediates: Sequence[int] = ()) -> ImageEmbedding:
         """Embed a batch of equally sized images.
 
         Args:
             images: RGB images `(B, 3, H, W)`, float in `[0, 1]`.
+            intermediates: Indices of ViT blocks whose outputs to keep (HQ-SAM uses the global
+                attention blocks, e.g. `(2, 5, 8, 11)` for `vit_b`); negative indices count from
+                the end.
 
         Returns:
-            `ImageEmbedding` with `embeddings (B, D, h, w)`, `input_size` and `original_size`.
+            `ImageEmbedding` with `embeddings (B, D, h, w)`, `input_size`, `original_size` and
+            `intermediates`, one `(B, D_vit, h, w)` per requested block.
+
+        Raises:
+            ValueError: If `images` is not `(B, 3, H, W)` or a block index is out of range.
         """
         sizes = check_shape(images, "B 3 H W", name="images")
+        depth = len(self.image_encoder.blocks)
+        bad = [i for i in intermediates if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"encode: intermediates {bad} out of range for {depth} blocks")
         x, input_size = self.preprocess(images)
         weight = self.image_encoder.patch_embed.proj.weight
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(weight.dtype)
+        taps: list[Tensor] = []
+        if intermediates:
+            out, taps = encoder_forward(self.image_encoder, x, intermediates)
+        else:
+            out = self.image_encoder(x)
         return ImageEmbedding(
-            embeddings=self.image_encoder(x),
+            embeddings=out,
             input_size=input_size,
             original_size=(sizes["H"], sizes["W"]),
+            intermediates=taps,
         )
 
     # ------------------------------------------------------------------ prompts
 
-    def _work_dtype(self) -> torch.dtype:
-        """Dtype of coordinates and Fourier features: float32 (float64 for a float64 model)."""
-        gaussian = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-        return torch.float64 if gaussian.dtype == torch.float64 else torch.float32
-
-    def _fourier(self, unit: Tensor) -> Tensor:
-        """SAM's random-Fourier encoding of `(..., 2)` coordinates in `[0, 1]` -> `(..., D)`."""
-        gaussian = self.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix  # (2, D/2)
-        x = 2 * unit - 1
-        x = x @ gaussian.to(x.dtype)
-        x = 2 * math.pi * x
-        out = torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
-        return out.to(self.prompt_encoder.no_mask_embed.weight.dtype)
-
     def dense_pe(self) -> Tensor:
         """Positional encoding of the embedding grid, `(1, D, h, w)` (SAM's `get_dense_pe`)."""
-        h, w = self.embedding_size
-        device, dtype = self.pixel_mean.device, self._work_dtype()
-        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
-        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
-        return rearrange(self._fourier(grid), "h w d -> 1 d h w")
-
-    def _encode_coords(self, coords: Tensor) -> Tensor:
-        """Fourier encoding of `(..., 2)` `(x, y)` pixels in the SAM input frame -> `(..., D)`."""
-        h_in, w_in = self.prompt_encoder.input_image_size  # type: ignore[misc]
-        size = torch.tensor([w_in, h_in], device=coords.device, dtype=coords.dtype)
-        return self._fourier(coords / size)
-
-    def _embed_points(self, points: Tensor, labels: Tensor, *, pad: bool) -> Tensor:
-        """Embed `(B, K, N, 2)` points with `(B, K, N)` labels into `(B, K, N[+1], D)` tokens."""
-        pe = self.prompt_encoder
-        dtype = pe.no_mask_embed.weight.dtype
-        points = points.to(self._work_dtype()) + 0.5  # shift to the pixel centre
-        labels = labels.to(points.device)
-        if pad:
-            b, k = points.shape[:2]
-            points = torch.cat([points, points.new_zeros(b, k, 1, 2)], dim=2)
-            labels = torch.cat([labels, labels.new_full((b, k, 1), -1)], dim=2)
-        emb = self._encode_coords(points)
-        lab = labels.unsqueeze(-1)
-        emb = torch.where(lab == -1, torch.zeros_like(emb), emb)
-        emb = emb + (lab == -1).to(dtype) * pe.not_a_point_embed.weight[0]
-        emb = emb + (lab == 0).to(dtype) * pe.point_embeddings[0].weight[0]
-        emb = emb + (lab == 1).to(dtype) * pe.point_embeddings[1].weight[0]
-        return emb
-
-    def _embed_boxes(self, boxes: Tensor) -> Tensor:
-        """Embed `(B, K, 4)` boxes into two corner tokens `(B, K, 2, D)`."""
-        pe = self.prompt_encoder
-        corners = rearrange(boxes.to(self._work_dtype()) + 0.5, "b k (c two) -> b k c two", two=2)
-        emb = self._encode_coords(corners)
-        corner_types = torch.cat([pe.point_embeddings[2].weight, pe.point_embeddings[3].weight])
-        return emb + corner_types
+        return dense_positional_encoding(self.prompt_encoder)
 
     def embed_prompts(
         self, prompts: Prompts, *, batch_shape: tuple[int, int] | None = None
@@ -477,11 +449,10 @@ class SamBackbone(nn.Module):
         weight = self.prompt_encoder.no_mask_embed.weight
         parts: list[Tensor] = []
         if prompts.points is not None and prompts.labels is not None:
-            parts.append(
-                self._embed_points(prompts.points, prompts.labels, pad=prompts.boxes is None)
-            )
+            pad = prompts.boxes is None
+            parts.append(embed_points(self.prompt_encoder, prompts.points, prompts.labels, pad=pad))
         if prompts.boxes is not None:
-            parts.append(self._embed_boxes(prompts.boxes))
+            parts.append(embed_boxes(self.prompt_encoder, prompts.boxes))
         if prompts.sparse_embeddings is not None:
             check_shape(
                 prompts.sparse_embeddings, "B K N D", name="sparse_embeddings", known={"D": d}
@@ -542,30 +513,9 @@ class SamBackbone(nn.Module):
         s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
         s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
         check_shape(dense, "B K D h w", name="dense", known=s)
-        b, k = s["B"], s["K"]
-        dec = self.mask_decoder
-        output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        output_tokens = repeat(output_tokens.to(sparse.dtype), "t d -> bk t d", bk=b * k)
-        tokens = torch.cat([output_tokens, rearrange(sparse, "b k n d -> (b k) n d")], dim=1)
-        src = repeat(emb, "b d h w -> (b k) d h w", k=k) + rearrange(
-            dense, "b k d h w -> (b k) d h w"
+        masks, iou, mask_tokens = predict_masks_batched(
+            self.mask_decoder, emb, self.dense_pe(), sparse, dense
         )
-        pos = self.dense_pe().to(src.dtype).expand(b * k, -1, -1, -1)
-        hs, src_out = dec.transformer(src, pos, tokens)
-        iou_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
-        upscaled = dec.output_upscaling(
-            rearrange(src_out, "bk (h w) d -> bk d h w", h=s["h"], w=s["w"])
-        )
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
-            dim=1,
-        )
-        uh, uw = upscaled.shape[-2:]
-        masks = hyper_in @ rearrange(upscaled, "bk c h w -> bk c (h w)")
-        masks = rearrange(masks, "(b k) m (h w) -> b k m h w", b=b, h=uh, w=uw)
-        iou = rearrange(dec.iou_prediction_head(iou_out), "(b k) m -> b k m", b=b)
-        mask_tokens = rearrange(mask_tokens_out, "(b k) m d -> b k m d", b=b)
         sel = slice(1, None) if multimask else slice(0, 1)
         low_res = masks[:, :, sel]
         logits = (

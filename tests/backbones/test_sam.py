@@ -211,6 +211,33 @@ class TestFrames:
             tiny_sam.transform_boxes(torch.rand(4, 2), ORIG)
 
 
+class TestEncode:
+    def test_intermediates(self, tiny_sam: SamBackbone) -> None:
+        images = torch.rand(2, 3, 50, 70)
+        seen: dict[int, Tensor] = {}
+        hooks = [
+            block.register_forward_hook(lambda _m, _i, out, i=i: seen.__setitem__(i, out))
+            for i, block in enumerate(tiny_sam.image_encoder.blocks)
+        ]
+        try:
+            plain = tiny_sam.encode(images)
+            seen.clear()
+            tapped = tiny_sam.encode(images, intermediates=(-1, 0))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert plain.intermediates == []
+        torch.testing.assert_close(tapped.embeddings, plain.embeddings, rtol=0, atol=0)
+        assert [t.shape for t in tapped.intermediates] == [(2, 32, 16, 16)] * 2
+        torch.testing.assert_close(tapped.intermediates[0], seen[1].permute(0, 3, 1, 2))
+        torch.testing.assert_close(tapped.intermediates[1], seen[0].permute(0, 3, 1, 2))
+        assert tapped.select(1).intermediates[0].shape == (1, 32, 16, 16)
+
+    def test_exception(self, tiny_sam: SamBackbone) -> None:
+        with pytest.raises(ValueError, match=r"intermediates \[2\] out of range for 2 blocks"):
+            tiny_sam.encode(torch.rand(1, 3, 8, 8), intermediates=(0, 2))
+
+
 @pytest.fixture(scope="module")
 def image() -> Tensor:
     return torch.rand(1, 3, *ORIG, generator=torch.Generator().manual_seed(1))
