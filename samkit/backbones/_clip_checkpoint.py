@@ -57,7 +57,7 @@ def check_name(name: str) -> None:
             f"model name {name!r}: pass the built-in architecture name and the weight file "
             "instead (build_clip_backbone('ViT-B-16', checkpoint='/path/to/weights.pt'))"
         )
-    cfg = open_clip.get_model_config(name)
+    cfg = open_clip.get_model_config(name.replace("/", "-"))
     if cfg is None:
         raise ValueError(
             f"unknown CLIP model name {name!r}; use 'tiny' or one of open_clip.list_models()"
@@ -89,7 +89,7 @@ def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> tuple[dict[str, 
     if not path.is_file():
         text = str(checkpoint)
         if os.sep not in text and "/" not in text and not path.suffix:
-            raise _network_error(f"pretrained tag {text!r}")
+            raise _network_error(f"{text!r} is not a local file; as a pretrained tag it")
         raise FileNotFoundError(f"CLIP checkpoint not found: {text}")
     is_jit = False
     if path.suffix == ".safetensors":
@@ -175,4 +175,4 @@ def create_tokenizer(name: str) -> object:
     """The open_clip tokenizer for a model name (the BPE vocab ships in the open_clip wheel)."""
     if name == TINY_NAME:
         return open_clip.SimpleTokenizer(context_length=77)
-    return open_clip.get_tokenizer(name)
+    return open_clip.get_tokenizer(name.replace("/", "-"))

@@ -84,6 +84,11 @@ class ClipBackbone(nn.Module):
             )
         if model.visual.attn_pool is not None:
             raise ValueError("ClipBackbone: attentional-pool (CoCa-style) towers are not supported")
+        if model.visual.pool_type not in ("tok", "avg") or model.visual.final_ln_after_pool:
+            raise ValueError(
+                f"ClipBackbone: unsupported image pooling {model.visual.pool_type!r} "
+                f"(final_ln_after_pool={model.visual.final_ln_after_pool})"
+            )
         if model.text_pool_type not in ("argmax", "eos"):
             raise ValueError(f"ClipBackbone: unsupported text pooling {model.text_pool_type!r}")
         self.model = model
@@ -234,13 +239,22 @@ class ClipBackbone(nn.Module):
         """
         return self.encode_dense(images, mode=mode).features
 
+    def forward(self, images: Tensor, *, mode: DenseMode = "plain") -> Tensor:
+        """Same as `dense_features`: `(B, 3, H, W)` in `[0, 1]` to `(B, C_e, h, w)`."""
+        return self.dense_features(images, mode=mode)
+
     def encode_image(self, images: Tensor) -> Tensor:
-        """CLIP's global image embedding, L2-normalised: `(B, C_e)`.
+        """CLIP's global image embedding, L2-normalised: `(B, C_e)`, at any input size.
 
         Args:
             images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+
+        Returns:
+            `(B, C_e)`; equals open_clip's `encode_image(..., normalize=True)` at the native size.
         """
-        return F.normalize(self.encode_dense(images).cls, dim=-1)
+        out = self.encode_dense(images)
+        pooled = out.cls if self.model.visual.pool_type == "tok" else out.features.mean(dim=(2, 3))
+        return F.normalize(pooled, dim=-1)
 
     # ------------------------------------------------------------------ text
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
@@ -253,17 +267,21 @@ class ClipBackbone(nn.Module):
         tokens = self.tokenizer(texts)
         return tokens.to(device=self.model.token_embedding.weight.device, dtype=torch.long)
 
-    def _decode(self, ids: Tensor, end: int) -> str:
+    def _decode_all(self, tokens: Tensor, eot: Tensor) -> list[str]:
         decode = getattr(self.tokenizer, "decode", None)
         if decode is None:
-            return ""
-        return str(decode(ids[1:end].tolist())).strip()
+            return [""] * int(tokens.shape[0])
+        ends = eot.tolist()
+        return [
+            str(decode(row[1:end])).strip() for row, end in zip(tokens.tolist(), ends, strict=True)
+        ]
 
-    def encode_tokens(self, tokens: Tensor) -> TextEmbedding:
+    def encode_tokens(self, tokens: Tensor, *, texts: Sequence[str] | None = None) -> TextEmbedding:
         """Run the text tower on token ids.
 
         Args:
             tokens: Token ids `(T, L)` with `L <= context_length`.
+            texts: The `T` strings the tokens came from; decoded from `tokens` when `None`.
 
         Returns:
             `TextEmbedding` with L2-normalised `embeddings (T, C_e)` (EOT state @ projection),
@@ -273,6 +291,8 @@ class ClipBackbone(nn.Module):
         sizes = check_shape(tokens, "T L", name="tokens")
         if sizes["L"] > self.context_length:
             raise ValueError(f"tokens: expected L <= {self.context_length}, got {sizes['L']}")
+        if texts is not None and len(texts) != sizes["T"]:
+            raise ValueError(f"texts: expected {sizes['T']} strings, got {len(texts)}")
         m = self.model
         length = sizes["L"]
         cast = m.transformer.get_cast_dtype()
@@ -290,7 +310,7 @@ class ClipBackbone(nn.Module):
         positions = torch.arange(length, device=tokens.device)
         return TextEmbedding(
             embeddings=F.normalize(pooled, dim=-1),
-            texts=[self._decode(t, int(e)) for t, e in zip(tokens, eot, strict=True)],
+            texts=list(texts) if texts is not None else self._decode_all(tokens, eot),
             token_states=states,
             padding_mask=positions[None, :] > eot[:, None],
             tokens=tokens,
@@ -303,6 +323,7 @@ class ClipBackbone(nn.Module):
         templates: Sequence[str] | None = None,
         return_tokens: bool = False,
         lowercase: bool = False,
+        batch_size: int | None = None,
     ) -> TextEmbedding:
         """Embed class names or sentences, with template ensembling.
 
@@ -317,6 +338,8 @@ class ClipBackbone(nn.Module):
             return_tokens: Also return `token_states (T, L, text_width)`, `padding_mask (T, L)`
                 and `tokens (T, L)`; needs at most one template.
             lowercase: Lower-case each text before formatting.
+            batch_size: Encode the unique strings in chunks of this many (to bound memory with
+                many classes and templates); `None` encodes them in one batch.
 
         Returns:
             `TextEmbedding` with `embeddings (T, C_e)` and `texts` as given.
@@ -333,13 +356,20 @@ class ClipBackbone(nn.Module):
             raise ValueError(f"encode_text: every template needs a '{{}}' slot, got {fmts}")
         if return_tokens and len(fmts) > 1:
             raise ValueError("encode_text: return_tokens needs at most one template")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"encode_text: batch_size must be >= 1, got {batch_size}")
         filled = [f.format(n.lower() if lowercase else n) for n in names for f in fmts]
         unique = list(dict.fromkeys(filled))
         row = {s: i for i, s in enumerate(unique)}
         index = torch.tensor(
             [row[s] for s in filled], device=self.model.token_embedding.weight.device
         )
-        out = self.encode_tokens(self.tokenize(unique))
+        step = batch_size or len(unique)
+        parts = [
+            self.encode_tokens(self.tokenize(unique[i : i + step]), texts=unique[i : i + step])
+            for i in range(0, len(unique), step)
+        ]
+        out = parts[0] if len(parts) == 1 else _concat_text(parts)
         emb = rearrange(out.embeddings[index], "(t p) c -> t p c", p=len(fmts))
         embeddings = F.normalize(emb.mean(dim=1), dim=-1)
         if not return_tokens:
@@ -353,6 +383,21 @@ class ClipBackbone(nn.Module):
             padding_mask=out.padding_mask[index],
             tokens=out.tokens[index],
         )
+
+
+def _concat_text(parts: list[TextEmbedding]) -> TextEmbedding:
+    """Concatenate text embeddings computed in chunks (all with token states)."""
+
+    def cat(name: str) -> Tensor:
+        return torch.cat([getattr(p, name) for p in parts], dim=0)
+
+    return TextEmbedding(
+        embeddings=cat("embeddings"),
+        texts=[t for p in parts for t in p.texts],
+        token_states=cat("token_states"),
+        padding_mask=cat("padding_mask"),
+        tokens=cat("tokens"),
+    )
 
 
 def build_clip_backbone(

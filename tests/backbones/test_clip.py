@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from samkit.backbones._clip_checkpoint import check_name
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.types import ClipDenseOutput, TextEmbedding
 from tests.conftest import TOLERANCES
@@ -136,7 +137,7 @@ class TestBuild:
         assert clip.model.training
 
     def test_vit_b_16_builds_offline(self) -> None:
-        clip = build_clip_backbone("ViT-B-16")
+        clip = build_clip_backbone()  # ViT-B-16, random weights, no network
         assert (clip.embed_dim, clip.vision_width, clip.text_width) == (512, 768, 512)
         assert (clip.patch_size, clip.image_size, clip.num_vision_blocks) == (16, 224, 12)
         assert clip.tokenize(["a photo of a cat"]).shape == (1, 77)
@@ -156,6 +157,18 @@ class TestBuild:
             build_clip_backbone("tiny", checkpoint=tmp_path / "missing.pt")
         with pytest.raises(ValueError, match="ViT vision tower"):
             ClipBackbone(model=nn.Linear(2, 2), tokenizer=None)
+        vision = open_clip.CLIPVisionCfg(
+            image_size=16, patch_size=8, width=32, layers=1, head_width=16, final_ln_after_pool=True
+        )
+        text = open_clip.CLIPTextCfg(width=32, heads=2, layers=1)
+        odd = open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+        with pytest.raises(ValueError, match="unsupported image pooling"):
+            ClipBackbone(model=odd, tokenizer=None)
+
+    def test_openai_style_names(self) -> None:
+        check_name("ViT-B/16")  # OpenAI spelling of an open_clip name
+        with pytest.raises(ValueError, match="not a local file; as a pretrained tag"):
+            build_clip_backbone("tiny", checkpoint="laion2b_s34b_b88k")
 
 
 class TestCheckpoints:
@@ -249,6 +262,7 @@ class TestDense:
             out.features.flatten(2).transpose(1, 2), tokens @ visual.proj, **TOL
         )
         torch.testing.assert_close(out.cls, pooled, **TOL)
+        torch.testing.assert_close(tiny_clip(images), out.features, rtol=0, atol=0)
         torch.testing.assert_close(
             tiny_clip.encode_image(images),
             tiny_clip.model.encode_image(_normalised(tiny_clip, images), normalize=True),
@@ -356,7 +370,7 @@ class TestDense:
                 lambda x, m=mode: clip.dense_features(x, mode=m), (images,), fast_mode=True
             )
 
-    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("mode", ["value", "surgery"])  # surgery also runs the plain blocks
     def test_compile(self, tiny_clip: ClipBackbone, mode: str) -> None:
         images = torch.rand(2, 3, 32, 40)
         fn = torch.compile(
@@ -408,9 +422,10 @@ class TestText:
         seen: list[int] = []
         original = clip.encode_tokens
 
-        def spy(tokens: Tensor) -> TextEmbedding:
+        def spy(tokens: Tensor, *, texts: list[str] | None = None) -> TextEmbedding:
             seen.append(int(tokens.shape[0]))
-            return original(tokens)
+            assert texts == ["a cat", "cat", "a dog", "dog"]
+            return original(tokens, texts=texts)
 
         monkeypatch.setattr(clip, "encode_tokens", spy)
         out = clip.encode_text(["cat", "dog", "cat"], templates=["a {}", "{}"])
@@ -438,6 +453,17 @@ class TestText:
         torch.testing.assert_close(out.token_states, states, **TOL)
         pooled = F.normalize(states[torch.arange(2), eot] @ m.text_projection, dim=-1)
         torch.testing.assert_close(out.embeddings, pooled, **TOL)
+
+    def test_batch_size_chunks_agree(self, tiny_clip: ClipBackbone) -> None:
+        names = ["cat", "dog", "sky", "road", "tree"]
+        whole = tiny_clip.encode_text(names, templates=["a {}."], return_tokens=True)
+        chunked = tiny_clip.encode_text(
+            names, templates=["a {}."], return_tokens=True, batch_size=2
+        )
+        torch.testing.assert_close(chunked.embeddings, whole.embeddings, **TOL)
+        torch.testing.assert_close(chunked.token_states, whole.token_states, **TOL)
+        assert chunked.tokens is not None and whole.tokens is not None
+        assert torch.equal(chunked.tokens, whole.tokens)
 
     def test_encode_tokens(self, tiny_clip: ClipBackbone) -> None:
         tokens = tiny_clip.tokenize(["a cat", "two dogs"])
@@ -469,6 +495,10 @@ class TestText:
             tiny_clip.encode_tokens(torch.zeros(1, 80, dtype=torch.long))
         with pytest.raises(ValueError, match=r"tokens: expected 2 dims"):
             tiny_clip.encode_tokens(torch.zeros(77, dtype=torch.long))
+        with pytest.raises(ValueError, match="texts: expected 2 strings, got 1"):
+            tiny_clip.encode_tokens(tiny_clip.tokenize(["a", "b"]), texts=["a"])
+        with pytest.raises(ValueError, match="batch_size must be >= 1"):
+            tiny_clip.encode_text(["cat"], batch_size=0)
 
 
 class TestTrainable:
