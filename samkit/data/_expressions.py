@@ -154,3 +154,38 @@ def select(
         idx = rng.choice(len(absent), size=num_absent, replace=replace)
         chosen.extend(absent[int(i)] for i in idx)
     return [chosen[int(i)] for i in rng.permutation(len(chosen))]
+
+
+def expressions_for(
+    rng: np.random.Generator,
+    inst: np.ndarray,
+    classes: list[int],
+    colors: list[int],
+    *,
+    num: int,
+    no_target_fraction: float,
+    thing_names: tuple[str, ...],
+    color_names: tuple[str, ...],
+    plurals: dict[str, str],
+) -> list[tuple[Candidate, np.ndarray]]:
+    """Draw `num` expressions for the instances `inst` `(I, H, W)`, with their target masks."""
+    n, h, w = inst.shape
+    areas = inst.reshape(n, h * w).sum(1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    cx = (inst * xs[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
+    cy = (inst * ys[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
+    found, absent = candidates(
+        classes,
+        colors,
+        np.stack([cx, cy], axis=1),
+        areas,
+        thing_names=thing_names,
+        color_names=color_names,
+        plurals=plurals,
+    )
+    chosen = select(rng, found, absent, num=num, no_target_fraction=no_target_fraction)
+    out: list[tuple[Candidate, np.ndarray]] = []
+    for cand in chosen:
+        target = inst[cand.ids].any(axis=0) if cand.ids else np.zeros((h, w), dtype=bool)
+        out.append((cand, np.asarray(target, dtype=bool)))
+    return out

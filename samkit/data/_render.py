@@ -10,6 +10,7 @@ Everything here takes an explicit `numpy.random.Generator`; nothing touches glob
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,3 +188,88 @@ def paint_flat(
     jitter = rng.standard_normal(n) * noise
     for c in range(3):
         canvas[c][mask] = color[c] + jitter
+
+
+def paint_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    stuff_styles: Sequence[tuple[tuple[float, float, float], str, float]],
+    thing_names: Sequence[str],
+    palette: Sequence[tuple[float, float, float]],
+    num_stuff: tuple[int, int],
+    num_objects: tuple[int, int],
+    object_scale: tuple[float, float],
+    min_visible_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]]:
+    """Paint stuff regions, then shapes back to front, dropping heavily occluded shapes.
+
+    Semantic ids are `kind` for things and `len(thing_names) + stuff index` for stuff.
+
+    Returns:
+        `image (3, H, W)` float64 (unclipped), `semantic (H, W)` int64, visible instance masks
+        `(I, H, W)` bool, and the kind and colour index of every instance.
+    """
+    num_things = len(thing_names)
+    short = min(height, width)
+
+    # Background: Voronoi regions of distinct stuff classes, each with its texture.
+    n_stuff = int(rng.integers(num_stuff[0], num_stuff[1] + 1))
+    region = stuff_layout(rng, height, width, n_stuff, min_fraction=0.5 / (n_stuff + 1))
+    stuff_ids = rng.choice(len(stuff_styles), size=n_stuff, replace=False)
+    image = np.zeros((3, height, width), dtype=np.float64)
+    semantic = np.zeros((height, width), dtype=np.int64)
+    for r, sid in enumerate(stuff_ids):
+        color, kind, amplitude = stuff_styles[int(sid)]
+        base = np.asarray(color) + rng.uniform(-0.04, 0.04, size=3)
+        pattern = amplitude * texture(rng, kind, height, width)
+        inside = region == r
+        image[:, inside] = base[:, None] + pattern[inside][None]
+        semantic[inside] = num_things + int(sid)
+
+    # Things: random shapes painted back to front; heavily occluded ones are dropped.
+    n_obj = int(rng.integers(num_objects[0], num_objects[1] + 1))
+    specs: list[ShapeSpec] = []
+    for _ in range(n_obj):
+        radius = float(rng.uniform(*object_scale)) * short
+        specs.append(
+            ShapeSpec(
+                kind=int(rng.integers(num_things)),
+                color=int(rng.integers(len(palette))),
+                cx=float(rng.uniform(radius, width - radius)),
+                cy=float(rng.uniform(radius, height - radius)),
+                radius=radius,
+                angle=float(rng.uniform(-0.26, 0.26)),
+            )
+        )
+    full = [shape_mask(s, thing_names[s.kind], height, width) for s in specs]
+    keep = visible_layers(full, min_visible_fraction)
+    top = top_index(full, keep) if specs else np.full((height, width), -1, dtype=np.int64)
+    inst = np.stack([top == j for j in keep]) if keep else np.zeros((0, height, width), bool)
+    for j, m in zip(keep, inst, strict=True):
+        paint_flat(rng, image, m, palette[specs[j].color], noise=0.02)
+        semantic[m] = specs[j].kind
+    return image, semantic, inst, [specs[j].kind for j in keep], [specs[j].color for j in keep]
+
+
+def panoptic_segments(
+    inst: np.ndarray, classes: list[int], semantic: np.ndarray, num_things: int
+) -> tuple[np.ndarray, list[tuple[int, int, bool, int, int]]]:
+    """Panoptic ids: instance `i` gets `i + 1`, then one id per stuff class present.
+
+    Returns:
+        `(H, W)` int64 panoptic map and `(id, category_id, is_thing, area, instance)` tuples.
+    """
+    panoptic = np.zeros(semantic.shape, dtype=np.int64)
+    segments: list[tuple[int, int, bool, int, int]] = []
+    for i, (m, k) in enumerate(zip(inst, classes, strict=True)):
+        panoptic[m] = i + 1
+        segments.append((i + 1, int(k), True, int(m.sum()), i))
+    stuff_present = np.unique(semantic[semantic >= num_things])
+    for cid in stuff_present.tolist():
+        m = semantic == cid
+        seg_id = len(segments) + 1
+        panoptic[m] = seg_id
+        segments.append((seg_id, int(cid), False, int(m.sum()), -1))
+    return panoptic, segments

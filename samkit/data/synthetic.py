@@ -29,14 +29,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy import ndimage
-from skimage.segmentation import watershed
 from torch import Tensor
 from torchvision.ops import masks_to_boxes
 
 from samkit._checks import check_shape
 from samkit.data import _expressions as _expr
-from samkit.data import _render
+from samkit.data import _oversegment, _render
 
 __all__ = [
     "CLASS_NAMES",
@@ -310,49 +308,30 @@ def generate_scene(
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed}")
     rng = np.random.default_rng(seed)
-    short = min(H, W)
-
-    # Background: Voronoi regions of distinct stuff classes, each with its texture.
-    n_stuff = int(rng.integers(num_stuff[0], num_stuff[1] + 1))
-    region = _render.stuff_layout(rng, H, W, n_stuff, min_fraction=0.5 / (n_stuff + 1))
-    stuff_ids = rng.choice(len(STUFF_CLASSES), size=n_stuff, replace=False)
-    image = np.zeros((3, H, W), dtype=np.float64)
-    semantic = np.zeros((H, W), dtype=np.int64)
-    for r, sid in enumerate(stuff_ids):
-        style = STUFF_STYLES[STUFF_CLASSES[int(sid)]]
-        base = np.asarray(style.color) + rng.uniform(-0.04, 0.04, size=3)
-        pattern = style.amplitude * _render.texture(rng, style.texture, H, W)
-        inside = region == r
-        image[:, inside] = base[:, None] + pattern[inside][None]
-        semantic[inside] = NUM_THING_CLASSES + int(sid)
-
-    # Things: random shapes painted back to front; heavily occluded ones are dropped.
-    n_obj = int(rng.integers(num_objects[0], num_objects[1] + 1))
-    specs: list[_render.ShapeSpec] = []
-    for _ in range(n_obj):
-        radius = float(rng.uniform(*object_scale)) * short
-        specs.append(
-            _render.ShapeSpec(
-                kind=int(rng.integers(NUM_THING_CLASSES)),
-                color=int(rng.integers(len(COLOR_NAMES))),
-                cx=float(rng.uniform(radius, W - radius)),
-                cy=float(rng.uniform(radius, H - radius)),
-                radius=radius,
-                angle=float(rng.uniform(-0.26, 0.26)),
-            )
-        )
-    full = [_render.shape_mask(s, THING_CLASSES[s.kind], H, W) for s in specs]
-    keep = _render.visible_layers(full, min_visible_fraction)
-    top = _render.top_index(full, keep) if specs else np.full((H, W), -1, dtype=np.int64)
-    inst = np.stack([top == j for j in keep]) if keep else np.zeros((0, H, W), dtype=bool)
-    for j, m in zip(keep, inst, strict=True):
-        _render.paint_flat(rng, image, m, COLORS[COLOR_NAMES[specs[j].color]], noise=0.02)
-        semantic[m] = specs[j].kind
-    classes = [specs[j].kind for j in keep]
-    colors = [specs[j].color for j in keep]
-
-    panoptic, segments = _panoptic(inst, classes, semantic)
-    expressions = _expressions_for(rng, inst, classes, colors, num_expressions, no_target_fraction)
+    image, semantic, inst, classes, colors = _render.paint_scene(
+        rng,
+        H,
+        W,
+        stuff_styles=[STUFF_STYLES[name] for name in STUFF_CLASSES],
+        thing_names=THING_CLASSES,
+        palette=[COLORS[name] for name in COLOR_NAMES],
+        num_stuff=num_stuff,
+        num_objects=num_objects,
+        object_scale=object_scale,
+        min_visible_fraction=min_visible_fraction,
+    )
+    panoptic, raw_segments = _render.panoptic_segments(inst, classes, semantic, NUM_THING_CLASSES)
+    chosen = _expr.expressions_for(
+        rng,
+        inst,
+        classes,
+        colors,
+        num=num_expressions,
+        no_target_fraction=no_target_fraction,
+        thing_names=THING_CLASSES,
+        color_names=COLOR_NAMES,
+        plurals=PLURALS,
+    )
     return Scene(
         seed=seed,
         image=torch.from_numpy(np.clip(image, 0.0, 1.0).astype(np.float32)),
@@ -361,8 +340,11 @@ def generate_scene(
         instance_colors=torch.tensor(colors, dtype=torch.long),
         semantic=torch.from_numpy(semantic),
         panoptic=torch.from_numpy(panoptic),
-        segments=segments,
-        expressions=expressions,
+        segments=[Segment(*seg) for seg in raw_segments],
+        expressions=[
+            ReferringExpression(c.text, c.kind, torch.from_numpy(target), c.ids)
+            for c, target in chosen
+        ],
     )
 
 
@@ -378,55 +360,6 @@ def _check_range(name: str, rng: tuple[int, int], *, low: int, high: int | None 
     if lo < low or lo > hi or (high is not None and hi > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}: expected an inclusive range (lo, hi) within {bound}, got {rng}")
-
-
-def _panoptic(
-    inst: np.ndarray, classes: list[int], semantic: np.ndarray
-) -> tuple[np.ndarray, list[Segment]]:
-    """Segment ids: instance `i` gets `i + 1`; then one id per stuff class present."""
-    panoptic = np.zeros(semantic.shape, dtype=np.int64)
-    segments: list[Segment] = []
-    for i, (m, k) in enumerate(zip(inst, classes, strict=True)):
-        panoptic[m] = i + 1
-        segments.append(Segment(i + 1, int(k), True, int(m.sum()), i))
-    for cid in range(NUM_THING_CLASSES, NUM_CLASSES):
-        m = semantic == cid
-        area = int(m.sum())
-        if area:
-            seg_id = len(segments) + 1
-            panoptic[m] = seg_id
-            segments.append(Segment(seg_id, cid, False, area, -1))
-    return panoptic, segments
-
-
-def _expressions_for(
-    rng: np.random.Generator,
-    inst: np.ndarray,
-    classes: list[int],
-    colors: list[int],
-    num: int,
-    no_target_fraction: float,
-) -> list[ReferringExpression]:
-    n, h, w = inst.shape
-    areas = inst.reshape(n, h * w).sum(1)
-    ys, xs = np.mgrid[0:h, 0:w]
-    cx = (inst * xs[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
-    cy = (inst * ys[None]).reshape(n, h * w).sum(1) / np.maximum(areas, 1)
-    found, absent = _expr.candidates(
-        classes,
-        colors,
-        np.stack([cx, cy], axis=1),
-        areas,
-        thing_names=THING_CLASSES,
-        color_names=COLOR_NAMES,
-        plurals=PLURALS,
-    )
-    chosen = _expr.select(rng, found, absent, num=num, no_target_fraction=no_target_fraction)
-    out = []
-    for cand in chosen:
-        target = inst[cand.ids].any(axis=0) if cand.ids else np.zeros(inst.shape[1:], dtype=bool)
-        out.append(ReferringExpression(cand.text, cand.kind, torch.from_numpy(target), cand.ids))
-    return out
 
 
 def oversegment(
@@ -460,7 +393,9 @@ def oversegment(
     parts: list[np.ndarray] = []
     parents: list[int] = []
     for s, mask in enumerate(src):
-        for part in _split_segment(rng, mask, max_parts=max_parts, min_part_area=min_part_area):
+        for part in _oversegment.split_segment(
+            rng, mask, max_parts=max_parts, min_part_area=min_part_area
+        ):
             parts.append(part)
             parents.append(s)
     shape = tuple(masks.shape[1:])
@@ -469,41 +404,6 @@ def oversegment(
         masks=torch.from_numpy(out).to(masks.device),
         parents=torch.tensor(parents, dtype=torch.long, device=masks.device),
     )
-
-
-def _split_segment(
-    rng: np.random.Generator, mask: np.ndarray, *, max_parts: int, min_part_area: int
-) -> list[np.ndarray]:
-    """Geodesic Voronoi split of one mask; every part is 4-connected."""
-    area = int(mask.sum())
-    if area == 0:
-        return []
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    crop = mask[y0:y1, x0:x1]
-    pieces, n_pieces = ndimage.label(crop)  # 4-connectivity by default
-    k = int(rng.integers(1, max_parts + 1))
-    k = max(1, min(k, area // max(1, min_part_area)))
-    coords = np.stack([ys - y0, xs - x0], axis=1)
-    piece_of = pieces[coords[:, 0], coords[:, 1]]
-    # one seed inside every connected piece, then randomised farthest-point sampling
-    seeds = [int(rng.choice(np.flatnonzero(piece_of == p))) for p in range(1, n_pieces + 1)]
-    d = np.min(((coords[:, None] - coords[seeds][None]) ** 2).sum(-1), axis=1)
-    while len(seeds) < k and d.max() > 0:
-        far = np.flatnonzero(d >= 0.5 * d.max())
-        seeds.append(int(far[rng.integers(len(far))]))
-        d = np.minimum(d, ((coords - coords[seeds[-1]]) ** 2).sum(-1))
-    markers = np.zeros(crop.shape, dtype=np.int64)
-    for i, idx in enumerate(seeds):
-        markers[coords[idx, 0], coords[idx, 1]] = i + 1
-    cells = watershed(np.zeros(crop.shape), markers=markers, mask=crop, connectivity=1)
-    out = []
-    for label in range(1, len(seeds) + 1):
-        part = np.zeros(mask.shape, dtype=bool)
-        part[y0:y1, x0:x1] = cells == label
-        if part.any():
-            out.append(part)
-    return out
 
 
 _DATASET_NAMES = (
