@@ -191,6 +191,11 @@ class TestGenerateScene:
         assert a.segments == b.segments
         assert not torch.equal(a.image, c.image)
 
+    @given(a=SEEDS, b=SEEDS, size=st.integers(min_value=16, max_value=48))
+    def test_seeds_differ(self, a: int, b: int, size: int) -> None:
+        same = torch.equal(generate_scene(a, size=size).image, generate_scene(b, size=size).image)
+        assert same == (a == b)
+
     def test_no_global_rng(self) -> None:
         np_state, torch_state = np.random.get_state(), torch.get_rng_state()
         torch.manual_seed(123)
