@@ -185,9 +185,10 @@ class ClipBackbone(nn.Module):
     ) -> ClipDenseOutput:
         """Dense patch features in CLIP's joint space, with optional block taps.
 
-        Blocks `0..L-2` run unchanged; the tail depends on `mode` (`plain`: unchanged, `value`:
-        CAT-Seg's value-only last block, `surgery`: CLIP-Surgery's v-v dual path over the last
-        `surgery_depth` blocks). Then `ln_post` on all tokens and `@ proj`.
+        The leading blocks run as in CLIP; the tail depends on `mode` (`plain`: nothing changes,
+        `value`: CAT-Seg's value-only last block, `surgery`: CLIP-Surgery's v-v dual path over
+        the last `surgery_depth` blocks). Then `ln_post` on all tokens and `@ proj`. The
+        open_clip model is never modified.
 
         Args:
             images: RGB images `(B, 3, H, W)` in `[0, 1]`.
@@ -258,10 +259,14 @@ class ClipBackbone(nn.Module):
 
     # ------------------------------------------------------------------ text
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
-        """BPE token ids `(T, L)` (long, on the model's device); over-long texts are truncated.
+        """Tokenise with the model's open_clip tokenizer.
 
         Args:
             texts: One text or a list of `T` texts.
+
+        Returns:
+            BPE token ids `(T, context_length)`, long, on the model's device; texts that are too
+            long are truncated (the EOT token is kept).
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         tokens = self.tokenizer(texts)
