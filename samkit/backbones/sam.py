@@ -514,7 +514,7 @@ class SamBackbone(nn.Module):
         s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
         check_shape(dense, "B K D h w", name="dense", known=s)
         masks, iou, mask_tokens = predict_masks_batched(
-            self.mask_decoder, emb, self.dense_pe(), sparse, dense
+            self.mask_decoder, emb, self.dense_pe(), sparse.to(emb.dtype), dense.to(emb.dtype)
         )
         sel = slice(1, None) if multimask else slice(0, 1)
         low_res = masks[:, :, sel]
@@ -543,7 +543,8 @@ class SamBackbone(nn.Module):
 
         Args:
             embedding: Image embeddings `(B, D, h, w)`.
-            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
+            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame. Empty prompts
+                (`Prompts()`) decode one prompt-free slot per image (`K = 1`).
             multimask: Return 3 masks per prompt instead of 1.
             upsample: Also return `logits` at the original image size.
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,29 @@ class TestCheckpoint:
         torch.save([torch.zeros(1)], path)
         with pytest.raises(ValueError, match="expected a dict, got list"):
             build_sam_backbone("tiny", checkpoint=path)
+
+
+@pytest.mark.slow
+def test_official_checkpoint() -> None:
+    """Opt-in: `SAMKIT_SAM_CHECKPOINT=/path/sam_vit_b_01ec64.pth pytest -m slow -k official`."""
+    path = os.environ.get("SAMKIT_SAM_CHECKPOINT")
+    if not path:
+        pytest.skip("set SAMKIT_SAM_CHECKPOINT to a local official SAM checkpoint")
+    variant = next((v for v in ("vit_b", "vit_l", "vit_h") if v in Path(path).name), "vit_h")
+    ours = build_sam_backbone(variant, checkpoint=path)
+    theirs = sam_model_registry[variant](checkpoint=path)
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert k == k2
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    emb = ImageEmbedding(torch.randn(1, 256, 64, 64), (1024, 768), (480, 360))
+    boxes = torch.tensor([[[100.0, 200.0, 600.0, 900.0]]])
+    got = ours.predict(emb, Prompts(boxes=boxes), multimask=True, upsample=False)
+    s, d = theirs.prompt_encoder(None, boxes[0], None)
+    want_low, want_iou = theirs.mask_decoder(
+        emb.embeddings, theirs.prompt_encoder.get_dense_pe(), s, d, True
+    )
+    torch.testing.assert_close(got.low_res_logits[0], want_low, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.iou_scores[0], want_iou, atol=1e-4, rtol=1e-4)
 
 
 class TestFrames:
