@@ -142,8 +142,9 @@ class AffinityHead(nn.Module):
         q = rearrange(self.ffn_query(queries), "b k (g d) -> b g k d", g=self.num_heads)
         p = rearrange(self.ffn_patch(patches), "b n (g d) -> b g n d", g=self.num_heads)
         x = torch.einsum("bgkd,bgnd->bgkn", q / math.sqrt(q.shape[-1]), p)
-        for conv in self.convs:
-            x = conv(torch.relu(x))
+        for conv in self.convs:  # 1x1 convs over the head axis, as einsum (works for K or N = 0)
+            w = conv.weight[:, :, 0, 0]  # type: ignore[index]
+            x = torch.einsum("og,bgkn->bokn", w, torch.relu(x)) + conv.bias[None, :, None, None]  # type: ignore[index]
         return x[:, 0] / self.logit_scale.exp() + bias[:, None, :]
 
 

@@ -49,6 +49,8 @@ def normalize_affinity(affinity: Tensor, padding_mask: Tensor | None = None) -> 
         tensor([[0.5000, 1.0000, 0.0000]])
     """
     a = affinity.sigmoid()
+    if a.shape[-1] == 0:
+        return a
     if padding_mask is None:
         lo = a.amin(-1, keepdim=True)
         hi = a.amax(-1, keepdim=True)
@@ -128,6 +130,9 @@ def merge_boxes(
     """
     s = check_shape(affinity, "B K N", name="affinity")
     check_shape(patch_boxes, "B N 4", name="patch_boxes", known={"B": s["B"], "N": s["N"]})
+    fill = torch.tensor(canvas, dtype=patch_boxes.dtype, device=patch_boxes.device)
+    if s["N"] == 0:
+        return fill.expand(s["B"], s["K"], 4).clone()
     sel = (normalize_affinity(affinity, padding_mask) > threshold).unsqueeze(-1)  # b k n 1
     boxes = patch_boxes.unsqueeze(1)  # b 1 n 4
     big = torch.finfo(patch_boxes.dtype).max
@@ -135,7 +140,6 @@ def merge_boxes(
     hi = torch.where(sel, boxes[..., 2:], -big).amax(2)
     out = torch.cat([lo, hi], -1)
     empty = ~sel.any(2)  # b k 1
-    fill = torch.tensor(canvas, dtype=out.dtype, device=out.device)
     return torch.where(empty, fill, out)
 
 
