@@ -411,6 +411,29 @@ class TestDecode:
             torch.testing.assert_close(
                 out.low_res_logits[:, j : j + 1], alone.low_res_logits, atol=1e-5, rtol=1e-4
             )
+            # permuting the prompts permutes the outputs
+            perm = torch.randperm(k, generator=g)
+            permuted = tiny_sam.decode(emb, sparse[:, perm], dense[:, perm], multimask=multimask)
+            torch.testing.assert_close(
+                permuted.iou_scores, out.iou_scores[:, perm], atol=1e-5, rtol=1e-4
+            )
+
+    def test_batch_independence_of_gradients(
+        self, tiny_sam: SamBackbone, embedding: ImageEmbedding
+    ) -> None:
+        emb = ImageEmbedding(
+            embedding.embeddings.clone().requires_grad_(),
+            embedding.input_size,
+            embedding.original_size,
+        )
+        sparse = torch.randn(3, 2, 3, 32, requires_grad=True)
+        dense = torch.randn(3, 2, 32, 16, 16, requires_grad=True)
+        out = tiny_sam.decode(emb, sparse, dense, multimask=True, upsample=False)
+        out.low_res_logits[0].sum().backward()
+        for name, t in (("embeddings", emb.embeddings), ("sparse", sparse), ("dense", dense)):
+            assert t.grad is not None
+            assert t.grad[0].abs().sum() > 0, name
+            assert (t.grad[1:] == 0).all(), name
 
     def test_shapes_and_tokens(self, tiny_sam: SamBackbone, embedding: ImageEmbedding) -> None:
         sparse, dense = torch.randn(3, 2, 4, 32), torch.randn(3, 2, 32, 16, 16)
