@@ -7,6 +7,7 @@ Nothing here ever touches the network: model names resolve to open_clip's built-
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> tuple[dict[str, 
     elif zipfile.is_zipfile(path) and any(
         n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()
     ):
-        obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # the only reader of OpenAI's archives is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         is_jit = True
     else:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

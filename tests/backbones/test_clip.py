@@ -215,6 +215,7 @@ class TestCheckpoints:
             loaded.model.visual.conv1.weight, tiny_clip.model.visual.conv1.weight.half().float()
         )
 
+    @pytest.mark.filterwarnings("ignore:`torch.jit.trace_method` is deprecated:FutureWarning")
     def test_openai_jit_archive(self, tiny_clip: ClipBackbone, tmp_path: Path) -> None:
         model = copy.deepcopy(tiny_clip.model)
         traced = torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 32, 32)})
@@ -561,6 +562,29 @@ class TestTrainable:
         q_old, k_old, v_old = w_old.chunk(3)
         assert torch.equal(k_new, k_old)
         assert not torch.equal(q_new, q_old) and not torch.equal(v_new, v_old)
+
+    def test_qv_finetuning_learns(self, tiny_clip: ClipBackbone) -> None:
+        clip = _fresh(tiny_clip)
+        clip.set_trainable("attention_qv")
+        clip.train()
+        images = torch.rand(2, 3, 32, 32)
+        k_before = clip.model.transformer.resblocks[0].attn.in_proj_weight.detach().chunk(3)[1]
+        opt = torch.optim.Adam(clip.param_groups(1.0, lr_multiplier=1e-2))
+
+        def loss_fn() -> Tensor:  # pull every patch of the value-mode map towards "cat"
+            feats = F.normalize(clip.dense_features(images, mode="value"), dim=1)
+            text = clip.encode_text(["cat", "dog"]).embeddings
+            logits = torch.einsum("bchw,tc->bthw", feats, text) / 0.07
+            return F.cross_entropy(logits, torch.zeros(2, 4, 4, dtype=torch.long))
+
+        first = loss_fn().item()
+        for _ in range(15):
+            opt.zero_grad()
+            loss_fn().backward()
+            opt.step()
+        assert loss_fn().item() < 0.5 * first
+        k_after = clip.model.transformer.resblocks[0].attn.in_proj_weight.detach().chunk(3)[1]
+        assert torch.equal(k_before, k_after)
 
     def test_split_preserves_outputs(self, tiny_clip: ClipBackbone) -> None:
         clip = _fresh(tiny_clip)
