@@ -157,11 +157,14 @@ class SAMMILoss(nn.Module):
         masks = masks_from_labels(labels, num_classes, ignore_index=self.ignore_index)
         return tspp_targets(masks, grid=grid, g_p=self.g_p, m_p=self.m_p)
 
-    def forward(self, output: SAMMIOutput, labels: Tensor, *, stage: int = 2) -> Tensor:
+    def forward(
+        self, output: SAMMIOutput | TSPPOutput, labels: Tensor, *, stage: int = 2
+    ) -> Tensor:
         """Compute the stage's loss.
 
         Args:
-            output: The system output (its `tspp` is needed unless TSPP is switched off).
+            output: The system output (its `tspp` is needed unless TSPP is switched off), or
+                just the prompter's `TSPPOutput` (`SAMMI.prompter`), which implies stage 1.
             labels: Class ids `(B, H, W)`.
             stage: 1 (`L_tspp` only) or 2 (`L_ce + lambda_tspp * L_tspp`).
 
@@ -173,14 +176,19 @@ class SAMMILoss(nn.Module):
         """
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
-        zero = output.logits.new_zeros(())
+        tspp_out: TSPPOutput | None
+        if isinstance(output, TSPPOutput):
+            tspp_out, stage, ref = output, 1, output.prob
+        else:
+            tspp_out, ref = output.tspp, output.logits
+        zero = ref.new_zeros(())
         l_tspp = zero
-        if output.tspp is not None:
-            grid = output.tspp.prob.shape[-1]
-            num_classes = output.tspp.mask_logits.shape[1]
+        if tspp_out is not None:
+            grid = tspp_out.prob.shape[-1]
+            num_classes = tspp_out.mask_logits.shape[1]
             targets = self.targets(labels, num_classes, grid)
             l_tspp = tspp_loss(
-                output.tspp,
+                tspp_out,
                 targets,
                 labels,
                 lambda_mse=self.lambda_mse,
@@ -191,6 +199,7 @@ class SAMMILoss(nn.Module):
         if stage == 1:
             total, l_ce = l_tspp, zero
         else:
+            assert isinstance(output, SAMMIOutput)
             l_ce = cost_aggregation_loss(
                 output.logits, labels, ignore_index=self.ignore_index, ignore_mode=self.ignore_mode
             )

@@ -278,12 +278,15 @@ class ClassAggregation(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = _mlp(dim, int(dim * mlp_ratio), nn.ReLU)
-        self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim))
-        self.padding_guidance = nn.Parameter(torch.zeros(1, 1, guidance_dim))
+        # learnable padding (keys only); absent when pad_len == 0 so no parameter goes unused
+        self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim)) if pad_len > 0 else None
+        self.padding_guidance = (
+            nn.Parameter(torch.zeros(1, 1, guidance_dim)) if pad_len > 0 else None
+        )
 
     def _pad(self, x: Tensor, g: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
         t = x.shape[1]
-        if self.pad_len <= t:
+        if self.pad_len <= t or self.padding_tokens is None or self.padding_guidance is None:
             return x, g
         x = torch.cat([x, self.padding_tokens.expand(n, self.pad_len - t, -1).to(x.dtype)], 1)
         if g is not None:

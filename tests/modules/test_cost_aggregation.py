@@ -147,12 +147,17 @@ class TestClassAggregation:
 
     def test_padding_tokens_change_output(self) -> None:
         a = ClassAggregation(dim=8, guidance_dim=4, num_heads=2, pad_len=6).eval()
+        assert a.padding_tokens is not None
         with torch.no_grad():
             a.padding_tokens.normal_()
         x, g = torch.randn(1, 8, 2, 3, 3), torch.randn(1, 2, 4)
         out1 = a(x, g)
         a.pad_len = 0
         assert not torch.allclose(out1, a(x, g))
+
+    def test_no_padding_parameters_without_padding(self) -> None:
+        a = ClassAggregation(dim=8, guidance_dim=4, num_heads=2, pad_len=0)
+        assert a.padding_tokens is None and a.padding_guidance is None
 
     def test_exception(self) -> None:
         a = ClassAggregation(dim=8, guidance_dim=4, num_heads=2)

@@ -1,0 +1,384 @@
+"""SAM-MI: open-vocabulary semantic segmentation with SAM masks injected into cost aggregation.
+
+Wiring only (spec `sam-mi.md`): CLIP gives dense value-path features, two block taps and class
+text embeddings; `cost_volume` feeds the text-guided sparse point prompter (TSPP), whose sampled
+points prompt a frozen SAM one point at a time; shallow mask aggregation (SMAgg) merges the SAM
+masks inside TSPP's text masks; decoupled mask injection (DMI) turns the merged masks into the
+appearance and decoder guidance of CAT-Seg's `CostAggregator`, which outputs the class logits.
+Training is two-stage (§3.5): `configure_stage(1)` trains TSPP alone, `configure_stage(2)` trains
+everything but SAM, with TSPP at a reduced learning rate and CLIP's attention q/v projections at
+`lr x 0.01` (CAT-Seg's fine-tuning policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samkit._checks import check_shape
+from samkit.backbones.clip import ClipBackbone, build_clip_backbone
+from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
+from samkit.modules.cost_aggregation import CostAggregator, cost_volume
+from samkit.modules.injection import (
+    DecoupledMaskInjection,
+    HighFrequencyInjection,
+    LowFrequencyInjection,
+)
+from samkit.modules.tspp import TextGuidedSparsePointPrompter, grid_points, sample_points
+from samkit.types import SAMMIOutput, TSPPOutput
+
+__all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
+
+
+@dataclass
+class SAMMIConfig:
+    """SAM-MI hyper-parameters; the defaults are the paper's setting (ViT-B/16 CLIP, SAM ViT-H).
+
+    Example:
+        >>> cfg = SAMMIConfig.tiny()
+        >>> cfg.clip_name, cfg.sam_variant, cfg.grid, SAMMIConfig().alpha
+        ('tiny', 'tiny', 32, 0.5)
+    """
+
+    clip_name: str = "ViT-B-16"  # open_clip model name, or "tiny"
+    clip_checkpoint: str | None = None  # local CLIP weights (never downloaded)
+    clip_size: int = 384  # CLIP input side (CAT-Seg: 384 for ViT-B/16, 336 for ViT-L/14)
+    clip_taps: tuple[int, ...] = (3, 7)  # CLIP blocks feeding the x2 / x4 decoder stages
+    templates: tuple[str, ...] = ("A photo of a {} in the scene",)  # CAT-Seg "single" template
+    clip_finetune: Literal["none", "attention_qv", "all"] = "attention_qv"  # stage-2 CLIP policy
+    sam_variant: str = "vit_h"  # SAM backbone ("vit_b", "vit_l", "vit_h", "tiny")
+    sam_checkpoint: str | None = None  # local SAM weights (never downloaded)
+    sam_batch_size: int = 64  # point prompts decoded at once per image
+    prompting: Literal["tspp", "grid"] = "tspp"  # "grid": dense grid x grid points (ablation)
+    use_smagg: bool = True  # shallow mask aggregation (ablation switch)
+    use_low_injection: bool = True  # low-frequency half of DMI (ablation switch)
+    use_high_injection: bool = True  # high-frequency half of DMI (ablation switch)
+    grid: int = 32  # TSPP point grid side d_h = d_w
+    g_p: float = 5.0  # grid cells per expected point (eq. 5)
+    m_p: int = 10  # cap on expected points per mask (eq. 5)
+    alpha: float = 0.5  # SMAgg threshold alpha_sma
+    lambda_mse: float = 0.5  # weight of L_mse in L_tspp
+    lambda_tspp: float = 0.1  # weight of L_tspp in stage 2
+    sampling: Literal["bernoulli", "deterministic"] = "bernoulli"  # TSPP point sampling rule
+    sample_seed: int | None = 0  # seed of the Bernoulli draws per forward (None: global RNG)
+    tspp_dim: int = 64  # TSPP hidden width [open]
+    tspp_heads: int = 4  # TSPP class-attention heads [open]
+    tspp_reduction: Literal["max", "mean"] = "max"  # class -> cell probability reduction [open]
+    dim: int = 128  # cost-embedding channels
+    num_layers: int = 2  # aggregation layers (spatial + class)
+    num_heads: int = 4  # aggregation attention heads
+    window_size: int = 12  # Swin window of spatial aggregation
+    guidance_dim: int = 128  # projected appearance guidance channels
+    text_guidance_dim: int = 128  # projected text guidance channels
+    tap_dims: tuple[int, ...] = (256, 128)  # channels of the upsampled CLIP taps (F_h1, F_h2)
+    decoder_guidance_dims: tuple[int, ...] = (32, 16)  # projected decoder guidance channels
+    decoder_dims: tuple[int, ...] = (64, 32)  # upsampling decoder stage widths
+    pooling_size: tuple[int, int] = (2, 2)  # class-aggregation pooling in training
+    eval_pooling_size: tuple[int, int] = (1, 1)  # class-aggregation pooling in eval
+    pad_len: int = 256  # class padding / truncation length of class aggregation
+    double_residual: bool = True  # CAT-Seg's doubled class-aggregation residual
+    cost_embedding: Literal["conv", "mlp"] = "conv"  # CAT-Seg 7x7 conv or per-pixel MLP [open]
+    injection_heads: int = 8  # heads of the low-frequency cross attention
+    injection_hidden_dim: int = 32  # channels of proj(M) in the high-frequency injection
+    lr: float = 2e-4  # base learning rate (AdamW)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    clip_lr_multiplier: float = 0.01  # CLIP lr = lr x this (paper: 2e-6)
+    tspp_lr_multiplier: float = 0.1  # TSPP lr in stage 2 = lr x this [open: "reduced"]
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> SAMMIConfig:
+        """A small CPU preset: tiny CLIP (C_e 32, 4 blocks) and tiny SAM, 64 px CLIP input."""
+        base = cls(
+            clip_name="tiny",
+            clip_size=64,
+            clip_taps=(1, 2),
+            sam_variant="tiny",
+            tspp_dim=16,
+            tspp_heads=2,
+            dim=32,
+            num_heads=4,
+            window_size=4,
+            guidance_dim=32,
+            text_guidance_dim=32,
+            tap_dims=(32, 16),
+            decoder_guidance_dims=(16, 8),
+            decoder_dims=(32, 16),
+            pad_len=0,
+            injection_heads=4,
+            injection_hidden_dim=8,
+            lr=2e-3,
+        )
+        return dataclasses.replace(base, **overrides)
+
+
+class SAMMI(nn.Module):
+    """The SAM-MI model (see the module docstring for the data flow).
+
+    Example:
+        >>> model = build_sam_mi("tiny").eval()
+        >>> with torch.no_grad():
+        ...     out = model(torch.rand(1, 3, 64, 64), ["circle", "grass", "sky"])
+        >>> out.logits.shape, out.tspp.prob.shape
+        (torch.Size([1, 3, 32, 32]), torch.Size([1, 32, 32]))
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SAMMIConfig,
+        clip: ClipBackbone,
+        sam: Any,
+        aggregator: CostAggregator,
+        tspp: TextGuidedSparsePointPrompter | None,
+        smagg: ShallowMaskAggregator | None,
+        injection: DecoupledMaskInjection,
+    ) -> None:
+        """Assemble built parts (prefer `build_sam_mi`).
+
+        Args:
+            config: The configuration the parts were built from.
+            clip: The CLIP backbone.
+            sam: A `SamLike` backend (kept frozen).
+            aggregator: The cost aggregator.
+            tspp: The point prompter, or None when neither TSPP prompting nor SMAgg is used.
+            smagg: The mask aggregator, or None to skip aggregation.
+            injection: The decoupled mask injection (halves may be off).
+        """
+        super().__init__()
+        if config.prompting == "tspp" and tspp is None:
+            raise ValueError("prompting='tspp' needs a TextGuidedSparsePointPrompter")
+        if smagg is not None and tspp is None:
+            raise ValueError("shallow mask aggregation needs the prompter's text masks")
+        self.config = config
+        self.clip = clip
+        self.sam = sam
+        self.aggregator = aggregator
+        self.tspp = tspp
+        self.smagg = smagg
+        self.injection = injection
+        if isinstance(sam, nn.Module):
+            sam.requires_grad_(False)
+
+    def encode_text(self, class_names: Sequence[str]) -> Tensor:
+        """Class text embeddings `(T, C_e)` with the configured templates."""
+        return self.clip.encode_text(list(class_names), templates=self.config.templates).embeddings
+
+    def prompter(self, images: Tensor, class_names: Sequence[str]) -> TSPPOutput:
+        """CLIP + cost volume + TSPP only (what stage 1 trains).
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            class_names: The `T` class names.
+
+        Returns:
+            The prompter's `TSPPOutput`.
+        """
+        if self.tspp is None:
+            raise ValueError("this SAM-MI has no prompter")
+        dense = self.clip.encode_dense(self._clip_input(images), mode="value")
+        return self.tspp(cost_volume(dense.features, self.encode_text(class_names)))
+
+    def _clip_input(self, images: Tensor) -> Tensor:
+        check_shape(images, "B 3 H W", name="images")
+        size = (self.config.clip_size, self.config.clip_size)
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+    def _points(
+        self,
+        tspp: TSPPOutput | None,
+        batch: int,
+        input_size: tuple[int, int],
+        device: torch.device,
+    ) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        if cfg.prompting == "grid" or tspp is None:
+            pts = grid_points(cfg.grid, input_size, device=device).expand(batch, -1, -1)
+            return pts, torch.ones(pts.shape[:2], dtype=torch.bool, device=device)
+        gen = None
+        if cfg.sample_seed is not None:
+            gen = torch.Generator(device=device).manual_seed(cfg.sample_seed)
+        return sample_points(
+            tspp.prob,
+            input_size,
+            generator=gen,
+            deterministic=cfg.sampling == "deterministic",
+        )
+
+    def forward(self, images: Tensor, class_names: Sequence[str]) -> SAMMIOutput:
+        """Segment `images` into `class_names`.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            class_names: The `T` class names (open vocabulary).
+
+        Returns:
+            `SAMMIOutput` with `logits (B, T, h', w')` (4x the CLIP grid), the points, SAM masks,
+            aggregated masks and the prompter's outputs.
+        """
+        s = check_shape(images, "B 3 H W", name="images")
+        text = self.encode_text(class_names)
+        dense = self.clip.encode_dense(
+            self._clip_input(images), mode="value", intermediates=self.config.clip_taps
+        )
+        tspp = self.tspp(cost_volume(dense.features, text)) if self.tspp is not None else None
+        taps = self.aggregator.upsample_taps(dense.intermediates)
+        mask_size = taps[-1].shape[-2:]
+        with torch.no_grad():
+            embedding = self.sam.encode(images)
+            points, valid = self._points(tspp, s["B"], embedding.input_size, images.device)
+            sam_masks = point_masks(
+                self.sam,
+                embedding,
+                points,
+                valid,
+                size=(int(mask_size[0]), int(mask_size[1])),
+                batch_size=self.config.sam_batch_size,
+            )
+            masks = sam_masks
+            if self.smagg is not None and tspp is not None:
+                masks = self.smagg(sam_masks, tspp.text_masks)
+        guidance = self.injection(dense.features, taps, masks)
+        logits = self.aggregator(
+            dense.features,
+            text,
+            appearance=guidance.appearance,
+            decoder_guidance=guidance.decoder_guidance,
+        )
+        return SAMMIOutput(
+            logits=logits,
+            points=points,
+            point_valid=valid,
+            sam_masks=sam_masks,
+            masks=masks,
+            mask_valid=masks.flatten(2).any(dim=-1),
+            tspp=tspp,
+        )
+
+    def configure_stage(self, stage: int) -> list[dict[str, Any]]:
+        """Set `requires_grad` for a training stage and return AdamW parameter groups.
+
+        Stage 1: only TSPP trains (lr). Stage 2: aggregator and injection (lr), TSPP
+        (lr x `tspp_lr_multiplier`), CLIP under `clip_finetune` (lr x `clip_lr_multiplier`).
+        SAM never trains.
+
+        Args:
+            stage: 1 or 2.
+
+        Returns:
+            Parameter groups, each with `params`, `lr` and `name`.
+
+        Raises:
+            ValueError: For an unknown stage or stage 1 without a prompter.
+        """
+        cfg = self.config
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        if stage == 1 and self.tspp is None:
+            raise ValueError("stage 1 trains TSPP, but this SAM-MI has no prompter")
+        self.requires_grad_(False)
+        self.clip.set_trainable("none" if stage == 1 else cfg.clip_finetune)
+        groups: list[dict[str, Any]] = []
+        if self.tspp is not None:
+            self.tspp.requires_grad_(True)
+            lr = cfg.lr if stage == 1 else cfg.lr * cfg.tspp_lr_multiplier
+            groups.append({"params": list(self.tspp.parameters()), "lr": lr, "name": "tspp"})
+        if stage == 2:
+            heads = list(self.aggregator.parameters()) + list(self.injection.parameters())
+            for p in heads:
+                p.requires_grad_(True)
+            groups.append({"params": heads, "lr": cfg.lr, "name": "aggregator"})
+            groups += self.clip.param_groups(cfg.lr, lr_multiplier=cfg.clip_lr_multiplier)
+        return groups
+
+
+def build_sam_mi(
+    cfg: SAMMIConfig | dict | str | None = None,
+    *,
+    sam: Any = None,
+    clip: ClipBackbone | None = None,
+    **overrides: Any,
+) -> SAMMI:
+    """Build SAM-MI from a config, a dict of its fields, or the preset name `"tiny"`.
+
+    Args:
+        cfg: A `SAMMIConfig`, a dict of its fields, `"tiny"`, or `None` for the paper defaults.
+        sam: An already built `SamLike` backend to use instead of `cfg.sam_variant`.
+        clip: An already built `ClipBackbone` to use instead of `cfg.clip_name`.
+        **overrides: Config fields replaced after `cfg` is resolved.
+
+    Returns:
+        The `SAMMI` module (random weights unless checkpoints are given), SAM frozen.
+
+    Example:
+        >>> model = build_sam_mi("tiny", use_smagg=False, prompting="grid")
+        >>> model.tspp is None, model.smagg is None
+        (True, True)
+    """
+    if cfg is None:
+        cfg = SAMMIConfig()
+    elif isinstance(cfg, str):
+        if cfg != "tiny":
+            raise ValueError(f"unknown SAM-MI preset {cfg!r}; expected 'tiny'")
+        cfg = SAMMIConfig.tiny()
+    elif isinstance(cfg, dict):
+        cfg = SAMMIConfig(**cfg)
+    cfg = dataclasses.replace(cfg, **overrides)
+    if clip is None:
+        clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
+    if sam is None:
+        from samkit.backbones.sam import build_sam_backbone
+
+        sam = build_sam_backbone(cfg.sam_variant, cfg.sam_checkpoint)
+    if len(cfg.clip_taps) != len(cfg.decoder_dims):
+        raise ValueError(f"clip_taps {cfg.clip_taps} need one entry per decoder stage")
+    aggregator = CostAggregator(
+        feature_dim=clip.embed_dim,
+        vision_width=clip.vision_width,
+        dim=cfg.dim,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        window_size=cfg.window_size,
+        guidance_dim=cfg.guidance_dim,
+        text_guidance_dim=cfg.text_guidance_dim,
+        tap_dims=cfg.tap_dims,
+        decoder_guidance_dims=cfg.decoder_guidance_dims,
+        decoder_dims=cfg.decoder_dims,
+        pooling_size=cfg.pooling_size,
+        eval_pooling_size=cfg.eval_pooling_size,
+        pad_len=cfg.pad_len,
+        double_residual=cfg.double_residual,
+        embedding=cfg.cost_embedding,
+    )
+    need_tspp = cfg.prompting == "tspp" or cfg.use_smagg
+    tspp = (
+        TextGuidedSparsePointPrompter(
+            dim=cfg.tspp_dim, num_heads=cfg.tspp_heads, grid=cfg.grid, reduction=cfg.tspp_reduction
+        )
+        if need_tspp
+        else None
+    )
+    low = (
+        LowFrequencyInjection(dim=clip.embed_dim, num_heads=cfg.injection_heads)
+        if cfg.use_low_injection
+        else None
+    )
+    high = (
+        [HighFrequencyInjection(dim=c, hidden_dim=cfg.injection_hidden_dim) for c in cfg.tap_dims]
+        if cfg.use_high_injection
+        else None
+    )
+    return SAMMI(
+        config=cfg,
+        clip=clip,
+        sam=sam,
+        aggregator=aggregator,
+        tspp=tspp,
+        smagg=ShallowMaskAggregator(alpha=cfg.alpha) if cfg.use_smagg else None,
+        injection=DecoupledMaskInjection(low=low, high=high),
+    )
