@@ -16,13 +16,20 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from samkit._checks import check_shape
 from samkit.modules.prompting import MLP
 
-__all__ = ["VisualAttentionAdapter", "normalize_clip_tokens"]
+__all__ = [
+    "VisualAttentionAdapter",
+    "canvas_boxes",
+    "clip_patch_tokens",
+    "letterbox",
+    "normalize_clip_tokens",
+]
 
 TokenNorm = Literal["token", "channel"]
 
@@ -63,6 +70,104 @@ def normalize_clip_tokens(
     check_shape(cls, "B C", name="cls", known={"B": sizes["B"], "C": sizes["C"]})
     tokens = torch.cat([cls[:, None], patches], dim=1)  # (b, 1 + n, c)
     return F.normalize(tokens, dim=1)[:, 1:]
+
+
+def clip_patch_tokens(features: Tensor, cls: Tensor, *, axis: TokenNorm = "channel") -> Tensor:
+    """Flatten a dense CLIP map to patch tokens and L2-normalise them (see `normalize_clip_tokens`).
+
+    Args:
+        features: Dense features `(B, C, h, w)`.
+        cls: CLS features `(B, C)` (used by `axis="token"`).
+        axis: `"channel"` or `"token"` (reference quirk).
+
+    Returns:
+        Patch tokens `(B, h * w, C)`, row-major over the grid.
+
+    Example:
+        >>> clip_patch_tokens(torch.randn(2, 4, 3, 5), torch.randn(2, 4)).shape
+        torch.Size([2, 15, 4])
+    """
+    check_shape(features, "B C h w", name="features")
+    return normalize_clip_tokens(rearrange(features, "b c h w -> b (h w) c"), cls, axis=axis)
+
+
+def letterbox(
+    images: Tensor, *, size: int, fill: Tensor | float = 0.0, center: bool = True
+) -> Tensor:
+    """Resize images so the long side is `size` and paste them on a `size x size` canvas.
+
+    SSP-SAM's CLIP input (spec §1.1): bilinear resize of the long side, then a paste onto a
+    blank canvas (centred at test time). The reference's canvas is zero *after* normalisation;
+    pass CLIP's pixel mean as `fill` to reproduce that with `[0, 1]` images.
+
+    Args:
+        images: Images `(B, 3, H, W)`.
+        size: Canvas side `S`.
+        fill: Canvas value, a scalar or a per-channel tensor `(3, 1, 1)`.
+        center: Centre the image (default) or put it at the top-left corner.
+
+    Returns:
+        The canvas `(B, 3, S, S)`.
+
+    Example:
+        >>> letterbox(torch.ones(1, 3, 8, 4), size=4).sum().item()
+        24.0
+    """
+    sizes = check_shape(images, "B 3 H W", name="images")
+    h, w = sizes["H"], sizes["W"]
+    scale = size / max(h, w)
+    new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    if (new_h, new_w) != (h, w):
+        images = F.interpolate(
+            images, (new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )
+    if (new_h, new_w) == (size, size):
+        return images
+    top, left = ((size - new_h) // 2, (size - new_w) // 2) if center else (0, 0)
+    canvas = torch.zeros(sizes["B"], 3, size, size, dtype=images.dtype, device=images.device)
+    canvas = canvas + (fill.to(canvas) if isinstance(fill, Tensor) else fill)
+    canvas[:, :, top : top + new_h, left : left + new_w] = images
+    return canvas
+
+
+def canvas_boxes(
+    boxes: Tensor, original_size: tuple[int, int], *, size: int, center: bool = True
+) -> Tensor:
+    """Map pixel `(x0, y0, x1, y1)` boxes to normalised `(cx, cy, w, h)` on a `letterbox` canvas.
+
+    This is the frame of SSP-SAM's auxiliary box. All-zero boxes (no target) stay all zero.
+
+    Args:
+        boxes: Boxes `(..., 4)` in original pixels.
+        original_size: `(H, W)` of the original images.
+        size: Canvas side `S` given to `letterbox`.
+        center: Whether `letterbox` centred the image.
+
+    Returns:
+        Boxes `(..., 4)` in `[0, 1]`.
+
+    Example:
+        >>> canvas_boxes(torch.tensor([[0.0, 0.0, 4.0, 2.0]]), (4, 8), size=8)
+        tensor([[0.2500, 0.3750, 0.5000, 0.2500]])
+    """
+    check_shape(boxes, "... 4", name="boxes")
+    h, w = original_size
+    scale = size / max(h, w)
+    new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    top, left = ((size - new_h) // 2, (size - new_w) // 2) if center else (0, 0)
+    sx, sy = new_w / w, new_h / h
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    out = torch.stack(
+        [
+            (left + (x0 + x1) / 2 * sx) / size,
+            (top + (y0 + y1) / 2 * sy) / size,
+            (x1 - x0) * sx / size,
+            (y1 - y0) * sy / size,
+        ],
+        dim=-1,
+    )
+    empty = (boxes == 0).all(-1, keepdim=True)
+    return torch.where(empty, torch.zeros_like(out), out)
 
 
 class VisualAttentionAdapter(nn.Module):

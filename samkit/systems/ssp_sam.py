@@ -1,0 +1,389 @@
+"""SSP-SAM: referring expression segmentation with SAM and a semantic-spatial prompt.
+
+Tang et al., "SSP-SAM: SAM with Semantic-Spatial Prompt for Referring Expression Segmentation",
+IEEE TCSVT 2025 (arXiv 2603.18086). Frozen CLIP (with CLIP-Surgery dense features) and a frozen
+SAM image encoder; new heads (linguistic and visual attention adapters, tanh fusion, a
+transformer prompt generator) turn an expression into `K` sparse prompt tokens for SAM's mask
+decoder, which is fine-tuned at a lower learning rate. Generalised RES (zero, one or several
+referents) needs no extra head: an empty mask means "no target". See `docs/systems/ssp-sam.md`.
+
+This module only wires: the maths lives in `samkit.modules.{language,visual_adapter,prompting}`
+and in the backbones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
+from samkit.backbones.sam import SamBackbone, build_sam_backbone
+from samkit.metrics.referring import has_target_from_mask
+from samkit.modules.language import LinguisticAttentionAdapter
+from samkit.modules.prompting import SemanticSpatialPromptEncoder, TanhFusion
+from samkit.modules.visual_adapter import VisualAttentionAdapter, clip_patch_tokens, letterbox
+from samkit.types import (
+    ClipDenseOutput,
+    ImageEmbedding,
+    Prompts,
+    ReferringOutput,
+    SemanticSpatialPrompts,
+    TextEmbedding,
+)
+
+__all__ = [
+    "REFERENCE_QUIRKS",
+    "SSPSAM",
+    "SSPSAMConfig",
+    "SSP_SAM_PRESETS",
+    "build_ssp_sam",
+    "config_dict",
+]
+
+
+@dataclass
+class SSPSAMConfig:
+    """Configuration of SSP-SAM; defaults are the paper's main setting (CLIP L/14@336, SAM-H).
+
+    The quirk switches (`feature_norm`, `gru_over_padding`) default to the cleaner behaviour;
+    `REFERENCE_QUIRKS` holds the values the released code and weights use.
+    """
+
+    clip_name: str = "ViT-L-14-336"  # open_clip model name of the frozen CLIP
+    clip_checkpoint: str | None = None  # local CLIP weights (OpenAI JIT / state dict); None: random
+    clip_image_size: int = 336  # side S of the square CLIP input canvas
+    surgery_depth: int = 6  # trailing CLIP blocks that get CLIP-Surgery's v-v attention path
+    sam_variant: str = "vit_h"  # SAM backbone variant ("vit_b", "vit_l", "vit_h", "tiny")
+    sam_checkpoint: str | None = None  # local SAM weights; None: random
+    adapter_dim: int = 512  # width of the linguistic and visual attention adapters
+    adapter_heads: int = 8  # heads of the visual adapter's token-to-word cross-attention
+    adapter_dropout: float = 0.1  # dropout of that cross-attention
+    visual_mlp_layers: int = 3  # layers of the patch-projection MLP
+    gate: Literal["gaussian", "cosine"] = "gaussian"  # visual verification gate (paper: gaussian)
+    num_prompts: int = 128  # Q: learnable prompt tokens handed to SAM
+    depth: int = 6  # layers of the prompt-generator transformer encoder
+    num_heads: int = 8  # heads of the prompt-generator encoder
+    mlp_dim: int = 2048  # feed-forward width of the prompt-generator encoder
+    encoder_dropout: float = 0.0  # dropout of the prompt-generator encoder
+    text_template: str = "{}."  # every expression is formatted with this template
+    lowercase: bool = True  # lower-case expressions before formatting
+    text_length: int | None = None  # tokens kept per text (None: CLIP's context length, 77)
+    feature_norm: Literal["channel", "token"] = "channel"  # CLIP token L2 axis (reference: token)
+    gru_over_padding: bool = False  # run the BiGRU over padding too (reference: True)
+    has_target_min_fraction: float = 50 / 512**2  # positive-area share that counts as a target
+    lr: float = 1e-4  # learning rate of the new heads and the prompt generator
+    decoder_lr: float = 1e-5  # learning rate of SAM's mask decoder
+    weight_decay: float = 1e-4  # AdamW weight decay of every group
+    decoder_freeze_epochs: int = 20  # epochs the mask decoder stays frozen at the start
+
+
+REFERENCE_QUIRKS: dict[str, Any] = {"feature_norm": "token", "gru_over_padding": True}
+"""Overrides that reproduce the released SSP-SAM code (spec §8.2, §8.14)."""
+
+SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
+    "vit_l14_336": {},
+    "vit_b16_224": {"clip_name": "ViT-B-16", "clip_image_size": 224},
+    "tiny": {
+        "clip_name": "tiny",
+        "clip_image_size": 128,
+        "sam_variant": "tiny",
+        "adapter_dim": 64,
+        "adapter_heads": 4,
+        "num_prompts": 8,
+        "depth": 2,
+        "num_heads": 4,
+        "mlp_dim": 128,
+        "text_length": 16,
+        "decoder_lr": 1e-4,
+        "decoder_freeze_epochs": 0,
+    },
+}
+"""Named presets: the paper's two variants and a `tiny` one (random tiny backbones) for tests."""
+
+
+class SSPSAM(nn.Module):
+    """SSP-SAM: CLIP features and an expression in, one SAM mask, a box and a GRES decision out.
+
+    Example:
+        >>> model = build_ssp_sam("tiny")
+        >>> out = model(torch.rand(2, 3, 128, 128), ["the red circle", "all squares"])
+        >>> out.low_res_logits.shape, out.boxes.shape, out.prompts.shape
+        (torch.Size([2, 1, 64, 64]), torch.Size([2, 4]), torch.Size([2, 8, 32]))
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SSPSAMConfig,
+        clip: ClipBackbone,
+        sam: SamBackbone,
+        language: LinguisticAttentionAdapter,
+        visual: VisualAttentionAdapter,
+        fusion: TanhFusion,
+        prompt_encoder: SemanticSpatialPromptEncoder,
+    ) -> None:
+        """Assemble already built parts; prefer `build_ssp_sam`.
+
+        Args:
+            config: The configuration the parts were built from.
+            clip: Frozen CLIP backbone.
+            sam: SAM backbone (encoder and prompt encoder frozen by `build_ssp_sam`).
+            language: Linguistic attention adapter.
+            visual: Visual attention adapter.
+            fusion: Tanh fusion to SAM's prompt width.
+            prompt_encoder: Semantic-spatial prompt generator.
+        """
+        super().__init__()
+        self.config = config
+        self.clip = clip
+        self.sam = sam
+        self.language = language
+        self.visual = visual
+        self.fusion = fusion
+        self.prompt_encoder = prompt_encoder
+
+    # ------------------------------------------------------------------ encoders (frozen)
+    def tokenize(self, expressions: Sequence[str]) -> Tensor:
+        """Format (template, lower-case) and tokenize expressions: `(B, L)` long.
+
+        Raises:
+            ValueError: If a text does not fit in `config.text_length` tokens.
+        """
+        cfg = self.config
+        texts = [cfg.text_template.format(e.lower() if cfg.lowercase else e) for e in expressions]
+        tokens = self.clip.tokenize(texts)
+        length = cfg.text_length or tokens.shape[1]
+        if bool((tokens[:, length:] != 0).any()):
+            raise ValueError(f"an expression is longer than text_length={length} tokens: {texts}")
+        return tokens[:, :length]
+
+    def encode_text(
+        self, expressions: Sequence[str] | None = None, *, tokens: Tensor | None = None
+    ) -> TextEmbedding:
+        """Sentence embeddings `(B, C_e)` and word states `(B, L, C_t)` from CLIP's text tower."""
+        if tokens is None:
+            if expressions is None:
+                raise ValueError("SSPSAM: pass expressions or tokens")
+            tokens = self.tokenize(expressions)
+        return self.clip.encode_tokens(tokens)
+
+    def encode_clip(self, images: Tensor) -> ClipDenseOutput:
+        """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas."""
+        canvas = letterbox(images, size=self.config.clip_image_size, fill=self.clip.pixel_mean)
+        return self.clip.encode_dense(
+            canvas, mode="surgery", surgery_depth=self.config.surgery_depth
+        )
+
+    # ------------------------------------------------------------------ trainable path
+    def prompt(self, clip_features: ClipDenseOutput, text: TextEmbedding) -> SemanticSpatialPrompts:
+        """Run the adapters, the fusion and the prompt generator (spec §1.2 steps 2-8)."""
+        assert text.token_states is not None and text.padding_mask is not None
+        patches = clip_patch_tokens(
+            clip_features.features, clip_features.cls, axis=self.config.feature_norm
+        )
+        similarity = similarity_map(patches, text.embeddings)
+        lang = self.language(text.token_states, text.padding_mask)
+        visual = self.visual(patches, similarity, lang.words, text.padding_mask)
+        return self.prompt_encoder(self.fusion(visual, lang.sentence))
+
+    def decode(
+        self, embedding: ImageEmbedding, prompts: SemanticSpatialPrompts, *, upsample: bool = False
+    ) -> ReferringOutput:
+        """Decode the prompts with SAM (sparse prompts, `no_mask_embed` dense, single mask)."""
+        pred = self.sam.predict(
+            embedding,
+            Prompts(sparse_embeddings=prompts.prompts[:, None]),
+            multimask=False,
+            upsample=upsample,
+        )
+        low_res = pred.low_res_logits[:, 0]
+        return ReferringOutput(
+            low_res_logits=low_res,
+            iou_scores=pred.iou_scores[:, 0],
+            boxes=prompts.boxes,
+            has_target=has_target_from_mask(
+                low_res, min_fraction=self.config.has_target_min_fraction
+            ),
+            prompts=prompts.prompts,
+            logits=pred.logits[:, 0] if pred.logits is not None else None,
+        )
+
+    def forward(
+        self,
+        images: Tensor | None,
+        expressions: Sequence[str] | None = None,
+        *,
+        tokens: Tensor | None = None,
+        text: TextEmbedding | None = None,
+        clip_features: ClipDenseOutput | None = None,
+        sam_embeddings: ImageEmbedding | None = None,
+        upsample: bool = False,
+    ) -> ReferringOutput:
+        """Segment what each expression refers to in its image.
+
+        Frozen parts can be precomputed and passed in (the reference caches SAM embeddings):
+        `text` from `encode_text`, `clip_features` from `encode_clip`, `sam_embeddings` from
+        `sam.encode`. `images` may then be `None`.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]`, one per expression.
+            expressions: `B` expressions (formatted with `config.text_template`).
+            tokens: Alternatively, CLIP token ids `(B, L)`.
+            text: Alternatively, a precomputed `TextEmbedding` with token states.
+            clip_features: Precomputed `encode_clip(images)`.
+            sam_embeddings: Precomputed `sam.encode(images)`.
+            upsample: Also return mask logits at the original image size.
+
+        Returns:
+            `ReferringOutput`: `low_res_logits (B, 1, 4h, 4w)` in SAM's padded input frame,
+            `iou_scores (B, 1)`, `boxes (B, 4)` (normalised cxcywh on the CLIP canvas),
+            `has_target (B,)`, `prompts (B, K, D)` and, with `upsample`, `logits (B, 1, H, W)`.
+
+        Raises:
+            ValueError: If neither images nor the matching precomputed inputs are given.
+        """
+        if (clip_features is None or sam_embeddings is None) and images is None:
+            raise ValueError("SSPSAM: images are needed unless clip_features and sam_embeddings")
+        if text is None:
+            text = self.encode_text(expressions, tokens=tokens)
+        if clip_features is None:
+            assert images is not None
+            clip_features = self.encode_clip(images)
+        if sam_embeddings is None:
+            assert images is not None
+            sam_embeddings = self.sam.encode(images)
+        return self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
+
+    # ------------------------------------------------------------------ training helpers
+    def heads(self) -> dict[str, nn.Module]:
+        """The new (trainable) heads by name."""
+        return {
+            "language": self.language,
+            "visual": self.visual,
+            "fusion": self.fusion,
+            "prompt_encoder": self.prompt_encoder,
+        }
+
+    def set_decoder_frozen(self, frozen: bool) -> None:
+        """Freeze or unfreeze SAM's mask decoder (the reference freezes it for 20 epochs)."""
+        self.sam.mask_decoder.requires_grad_(not frozen)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups of spec §1.3: heads, prompt-generator encoder, mask decoder.
+
+        Returns:
+            Three groups (`"rest"` and `"vl_transformer"` at `config.lr`, `"mask_decoder"` at
+            `config.decoder_lr`), each with `config.weight_decay`. Frozen CLIP and SAM encoder
+            parameters are not included; the decoder is included even while frozen.
+        """
+        cfg = self.config
+        encoder = [p for layer in self.prompt_encoder.layers for p in layer.parameters()]
+        encoder_ids = {id(p) for p in encoder}
+        rest = [
+            p
+            for head in self.heads().values()
+            for p in head.parameters()
+            if id(p) not in encoder_ids
+        ]
+        groups = [
+            ("rest", rest, cfg.lr),
+            ("vl_transformer", encoder, cfg.lr),
+            ("mask_decoder", list(self.sam.mask_decoder.parameters()), cfg.decoder_lr),
+        ]
+        return [
+            {"name": n, "params": ps, "lr": lr, "weight_decay": cfg.weight_decay}
+            for n, ps, lr in groups
+        ]
+
+    def train(self, mode: bool = True) -> SSPSAM:
+        """Set training mode; the frozen CLIP and SAM image encoder stay in eval mode."""
+        super().train(mode)
+        self.clip.train(False)
+        self.sam.image_encoder.train(False)
+        self.sam.prompt_encoder.train(False)
+        return self
+
+
+def _resolve(cfg: SSPSAMConfig | dict | str | None, overrides: dict[str, Any]) -> SSPSAMConfig:
+    if cfg is None:
+        cfg = SSPSAMConfig()
+    elif isinstance(cfg, str):
+        if cfg not in SSP_SAM_PRESETS:
+            raise ValueError(
+                f"unknown SSP-SAM preset {cfg!r}; expected one of {list(SSP_SAM_PRESETS)}"
+            )
+        cfg = SSPSAMConfig(**SSP_SAM_PRESETS[cfg])
+    elif isinstance(cfg, dict):
+        cfg = SSPSAMConfig(**cfg)
+    names = {f.name for f in fields(SSPSAMConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown SSPSAMConfig fields: {unknown}")
+    return replace(cfg, **overrides)
+
+
+def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any) -> SSPSAM:
+    """Build SSP-SAM: backbones (frozen as in spec §1.3) plus freshly initialised heads.
+
+    Args:
+        cfg: A config, a dict of its fields, a preset name from `SSP_SAM_PRESETS`
+            (`"vit_l14_336"`, `"vit_b16_224"`, `"tiny"`), or `None` for the paper default.
+        **overrides: Config fields to replace, e.g. `**REFERENCE_QUIRKS`.
+
+    Returns:
+        The model in eval mode, on the CPU: CLIP frozen, SAM image and prompt encoders frozen,
+        mask decoder trainable (frozen when `decoder_freeze_epochs > 0`; call
+        `set_decoder_frozen(False)` when that many epochs are done).
+
+    Raises:
+        ValueError: For an unknown preset or field.
+
+    Example:
+        >>> model = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
+        >>> model.config.feature_norm, model.prompt_encoder.num_tokens
+        ('token', 256)
+    """
+    config = _resolve(cfg, overrides)
+    clip = build_clip_backbone(config.clip_name, config.clip_checkpoint)
+    clip.set_trainable("none")
+    sam = build_sam_backbone(config.sam_variant, config.sam_checkpoint)
+    sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)
+    grid = config.clip_image_size // clip.patch_size
+    model = SSPSAM(
+        config=config,
+        clip=clip,
+        sam=sam,
+        language=LinguisticAttentionAdapter(
+            text_dim=clip.text_width,
+            dim=config.adapter_dim,
+            gru_over_padding=config.gru_over_padding,
+        ),
+        visual=VisualAttentionAdapter(
+            visual_dim=clip.embed_dim,
+            dim=config.adapter_dim,
+            num_heads=config.adapter_heads,
+            num_layers=config.visual_mlp_layers,
+            dropout=config.adapter_dropout,
+            gate=config.gate,
+        ),
+        fusion=TanhFusion(dim=config.adapter_dim, out_dim=sam.prompt_dim),
+        prompt_encoder=SemanticSpatialPromptEncoder(
+            dim=sam.prompt_dim,
+            num_prompts=config.num_prompts,
+            num_tokens=grid * grid,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_dim=config.mlp_dim,
+            dropout=config.encoder_dropout,
+        ),
+    )
+    model.set_decoder_frozen(config.decoder_freeze_epochs > 0)
+    return model.eval()
+
+
+def config_dict(cfg: SSPSAMConfig) -> dict[str, Any]:
+    """The config as a plain dict (for JSON checkpoints)."""
+    return asdict(cfg)
