@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=400, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
@@ -51,7 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--eval-scenes", type=int, default=48)
-    p.add_argument("--eval-every", type=int, default=100, help="evaluate every N steps (0: end only)")
+    p.add_argument(
+        "--eval-every", type=int, default=100, help="evaluate every N steps (0: end only)"
+    )
     p.add_argument("--patches", choices=("oracle", "sam"), default="oracle")
     p.add_argument("--max-parts", type=int, default=4, help="oracle split: parts per segment")
     p.add_argument("--out", type=str, default=None, help="checkpoint / metrics directory")
@@ -92,8 +94,12 @@ def evaluate(
 ) -> dict[str, float]:
     """PQ / SQ / RQ (all, things, stuff), mIoU and (if pycocotools is there) mask AP."""
     model.eval()
-    pq = PanopticQuality(things=range(NUM_THING_CLASSES), stuff=range(NUM_THING_CLASSES, NUM_CLASSES))
-    base = PanopticQuality(things=range(NUM_THING_CLASSES), stuff=range(NUM_THING_CLASSES, NUM_CLASSES))
+    pq = PanopticQuality(
+        things=range(NUM_THING_CLASSES), stuff=range(NUM_THING_CLASSES, NUM_CLASSES)
+    )
+    base = PanopticQuality(
+        things=range(NUM_THING_CLASSES), stuff=range(NUM_THING_CLASSES, NUM_CLASSES)
+    )
     miou = SemanticIoU(num_classes=NUM_CLASSES)
     try:
         from samkit.metrics.instance import MaskAP
@@ -138,21 +144,19 @@ def evaluate(
     return out
 
 
-def trainable_state(model: SAMCP) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+def model_state(model: SAMCP) -> dict[str, torch.Tensor]:
+    """The full state (the frozen random-weight CLIP too: it defines the class embeddings)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(out: Path, model: SAMCP, opt: torch.optim.Optimizer, step: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(out / "last.safetensors"))
+    save_file(model_state(model), str(out / "last.safetensors"))
     torch.save({"optimizer": opt.state_dict(), "step": step}, out / "last_state.pt")
 
 
 def load_checkpoint(out: Path, model: SAMCP, opt: torch.optim.Optimizer) -> int:
-    missing = model.load_state_dict(load_file(str(out / "last.safetensors")), strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(f"unexpected keys in checkpoint: {missing.unexpected_keys}")
+    model.load_state_dict(load_file(str(out / "last.safetensors")))
     state = torch.load(out / "last_state.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])
@@ -194,7 +198,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     val_ds = SyntheticPanopticDataset(num_scenes=args.eval_scenes, split="val", **common)
     gen = torch.Generator().manual_seed(args.seed)
     train_dl = DataLoader(
-        train_ds, batch_size=args.batch_size, shuffle=True, collate_fn=collate_panoptic, generator=gen
+        train_ds,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collate_panoptic,
+        generator=gen,
     )
     val_dl = DataLoader(val_ds, batch_size=8, collate_fn=collate_panoptic)
     out_dir = Path(args.out) if args.out else None
@@ -203,9 +211,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if out_dir is None or not (out_dir / "last.safetensors").exists():
             raise FileNotFoundError("--resume needs --out with a saved checkpoint")
         step = load_checkpoint(out_dir, model, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _lr_factor(i, args.steps, args.warmup))
-    for _ in range(step):
-        sched.step()
+    first = step  # a resumed run continues the schedule where it stopped
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: _lr_factor(first + i, args.steps, args.warmup)
+    )
     history: list[dict[str, float]] = []
     start = time.time()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="sam-cp")
