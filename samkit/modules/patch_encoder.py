@@ -177,28 +177,36 @@ class _Normalize(nn.Module):
 class TinyFeaturePyramid(_Normalize):
     """A small strided-conv feature pyramid (strides 4, 8, 16, 32) for fast CPU runs and tests.
 
-    Images in `[0, 1]` are ImageNet-normalised, then each level is a 3x3 stride-2 conv + GN + ReLU.
+    Images in `[0, 1]` are ImageNet-normalised, then each level is a 3x3 stride-2 conv, a norm
+    layer and ReLU.
 
     Example:
         >>> [f.shape[-1] for f in TinyFeaturePyramid(dim=8)(torch.rand(1, 3, 64, 64))]
         [16, 8, 4, 2]
     """
 
-    def __init__(self, *, dim: int = 32, num_levels: int = 4) -> None:
+    def __init__(self, *, dim: int = 32, num_levels: int = 4, norm: str = "batch") -> None:
         """Create the pyramid.
 
         Args:
             dim: Output channels of every level.
             num_levels: Number of levels (strides `4 * 2**i`).
+            norm: `"batch"`, `"group"` (one group: per-image statistics) or `"none"`.
         """
         super().__init__()
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
+        if norm not in ("batch", "group", "none"):
+            raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
+
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(1, cout), nn.ReLU()
-            )
+            layer: nn.Module = nn.Identity()
+            if norm == "batch":
+                layer = nn.BatchNorm2d(cout)
+            elif norm == "group":
+                layer = nn.GroupNorm(1, cout)
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), layer, nn.ReLU())
 
         self.stem = nn.Sequential(block(3, dim), block(dim, dim))
         self.levels = nn.ModuleList([block(dim, dim) for _ in range(num_levels - 1)])

@@ -173,3 +173,15 @@ _ENC = _encoder().eval()
 def test_tiny_pyramid_strides() -> None:
     feats = TinyFeaturePyramid(dim=8)(torch.rand(2, 3, 64, 96))
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_tiny_pyramid_norms(norm: str) -> None:
+    net = TinyFeaturePyramid(dim=8, norm=norm)
+    feats = net(torch.rand(2, 3, 32, 32))
+    assert feats[0].shape == (2, 8, 8, 8)
+    kinds = {type(m).__name__ for m in net.modules()}
+    expected = {"batch": "BatchNorm2d", "group": "GroupNorm", "none": "Identity"}[norm]
+    assert expected in kinds
+    with pytest.raises(ValueError, match="norm must be"):
+        TinyFeaturePyramid(dim=8, norm="layer")
