@@ -330,6 +330,7 @@ class SemanticSpatialPrompts(_TensorFieldsMixin):
         prompts: Prompt tokens `(B, K, D)` to hand to SAM as sparse prompt embeddings.
         boxes: Auxiliary box `(B, 4)`, normalised `(cx, cy, w, h)` in `[0, 1]`.
         tokens: All encoder output tokens `(B, 1 + K + N, D)` (register, prompts, fused).
+        presence_logits: Optional "has a referent" logits `(B,)` from the register token.
 
     Example:
         >>> p = SemanticSpatialPrompts(torch.zeros(2, 4, 8), torch.rand(2, 4), torch.zeros(2, 9, 8))
@@ -340,6 +341,7 @@ class SemanticSpatialPrompts(_TensorFieldsMixin):
     prompts: Tensor
     boxes: Tensor
     tokens: Tensor
+    presence_logits: Tensor | None = None
 
 
 @dataclass
@@ -352,6 +354,7 @@ class ReferringLossTerms(_TensorFieldsMixin):
         focal: Mask sigmoid focal loss.
         l1: Box L1 loss.
         giou: Box generalised-IoU loss.
+        presence: Binary cross-entropy of the "has a referent" logits (`None` when unused).
 
     Example:
         >>> z = torch.zeros(())
@@ -364,6 +367,7 @@ class ReferringLossTerms(_TensorFieldsMixin):
     focal: Tensor
     l1: Tensor
     giou: Tensor
+    presence: Tensor | None = None
 
 
 @dataclass
@@ -378,6 +382,7 @@ class ReferringOutput(_TensorFieldsMixin):
         has_target: `(B,)` bool: whether the expression is judged to refer to anything (GRES).
         prompts: The semantic-spatial prompts `(B, K, D)` that were given to SAM.
         logits: Mask logits `(B, 1, H, W)` at the original image size, or `None` when not asked.
+        target_logits: `(B,)` logits of the optional "has a referent" head, else `None`.
 
     Example:
         >>> out = ReferringOutput(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1), torch.rand(1, 4),
@@ -392,6 +397,7 @@ class ReferringOutput(_TensorFieldsMixin):
     has_target: Tensor
     prompts: Tensor
     logits: Tensor | None = None
+    target_logits: Tensor | None = None
 
     def binary(self, threshold: float = 0.0) -> Tensor:
         """Boolean masks at original size when `logits` is set, else in the low-res frame."""

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from samkit._checks import check_shape
 from samkit.losses.box import box_l1_loss, giou_loss
@@ -50,6 +51,9 @@ def referring_loss(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     empty_box: EmptyBox = "skip",
+    presence_logits: Tensor | None = None,
+    has_target: Tensor | None = None,
+    presence_weight: float = 1.0,
 ) -> ReferringLossTerms:
     """Weighted referring-segmentation loss.
 
@@ -68,6 +72,9 @@ def referring_loss(
         empty_box: `"skip"` (default) leaves zero-size target boxes out of the box terms and
             averages over the others; `"include"` reproduces the reference, which regresses them
             like any box (spec §3) and averages over the whole batch.
+        presence_logits: Optional "has a referent" logits `(B,)` (samkit's optional GRES head).
+        has_target: `(B,)` bool targets for `presence_logits`.
+        presence_weight: Weight of the presence binary cross-entropy.
 
     Returns:
         `ReferringLossTerms` with the weighted `total` and each unweighted term.
@@ -94,7 +101,19 @@ def referring_loss(
         dice = dice_loss(mask_logits, targets)
         focal = sigmoid_focal_loss(mask_logits, targets, alpha=focal_alpha, gamma=focal_gamma)
     total = dice_weight * dice + focal_weight * focal + l1_weight * l1 + giou_weight * giou
-    return ReferringLossTerms(total=total, dice=dice, focal=focal, l1=l1, giou=giou)
+    presence = None
+    if presence_logits is not None:
+        if has_target is None:
+            raise ValueError("referring_loss: presence_logits need has_target")
+        check_shape(presence_logits, "B", name="presence_logits", known=sizes)
+        check_shape(has_target, "B", name="has_target", known=sizes)
+        presence = F.binary_cross_entropy_with_logits(
+            presence_logits, has_target.to(presence_logits.dtype)
+        )
+        total = total + presence_weight * presence
+    return ReferringLossTerms(
+        total=total, dice=dice, focal=focal, l1=l1, giou=giou, presence=presence
+    )
 
 
 class ReferringLoss(nn.Module):
@@ -118,6 +137,7 @@ class ReferringLoss(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         empty_box: EmptyBox = "skip",
+        presence_weight: float = 1.0,
     ) -> None:
         """Create the loss; the arguments are those of `referring_loss`.
 
@@ -129,6 +149,7 @@ class ReferringLoss(nn.Module):
             focal_alpha: Focal positive-class weight.
             focal_gamma: Focal exponent.
             empty_box: `"skip"` or `"include"` (reference) for zero-size target boxes.
+            presence_weight: Weight of the optional presence term.
         """
         super().__init__()
         self.dice_weight = dice_weight
@@ -138,6 +159,7 @@ class ReferringLoss(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.empty_box: EmptyBox = empty_box
+        self.presence_weight = presence_weight
 
     def forward(
         self,
@@ -145,6 +167,8 @@ class ReferringLoss(nn.Module):
         mask_targets: Tensor | None,
         pred_boxes: Tensor,
         target_boxes: Tensor,
+        presence_logits: Tensor | None = None,
+        has_target: Tensor | None = None,
     ) -> ReferringLossTerms:
         """Compute the loss; see `referring_loss`."""
         return referring_loss(
@@ -159,4 +183,7 @@ class ReferringLoss(nn.Module):
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
             empty_box=self.empty_box,
+            presence_logits=presence_logits,
+            has_target=has_target,
+            presence_weight=self.presence_weight,
         )

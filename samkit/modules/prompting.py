@@ -171,6 +171,7 @@ class SemanticSpatialPromptEncoder(nn.Module):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         dropout: float = 0.0,
+        presence_head: bool = False,
     ) -> None:
         """Create the encoder.
 
@@ -182,6 +183,8 @@ class SemanticSpatialPromptEncoder(nn.Module):
             num_heads: Attention heads per layer.
             mlp_dim: Feed-forward width (2048 in the paper).
             dropout: Encoder dropout (0 in the paper).
+            presence_head: Add a Linear "has a referent" logit on the register token (GRES; not
+                in the paper, whose only no-target signal is an empty mask).
         """
         super().__init__()
         self.num_prompts = num_prompts
@@ -195,6 +198,7 @@ class SemanticSpatialPromptEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.box_head = MLP(in_dim=dim, hidden_dim=dim, out_dim=4, num_layers=3)
+        self.presence_head = nn.Linear(dim, 1) if presence_head else None
         for p in self.layers.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -206,8 +210,8 @@ class SemanticSpatialPromptEncoder(nn.Module):
             tokens: Fused visual-linguistic tokens `(B, N, D)`.
 
         Returns:
-            `SemanticSpatialPrompts` with `prompts (B, K, D)`, `boxes (B, 4)` and
-            `tokens (B, 1 + K + N, D)`.
+            `SemanticSpatialPrompts` with `prompts (B, K, D)`, `boxes (B, 4)`,
+            `tokens (B, 1 + K + N, D)` and, with `presence_head`, `presence_logits (B,)`.
 
         Raises:
             ValueError: If `tokens` is not `(B, N, D)` with the constructed `N` and `D`.
@@ -224,4 +228,10 @@ class SemanticSpatialPromptEncoder(nn.Module):
             x = layer(x, self.pos_embed.weight)
         x = self.norm(x)
         boxes = self.box_head(x[:, 0]).sigmoid()
-        return SemanticSpatialPrompts(prompts=x[:, 1 : 1 + self.num_prompts], boxes=boxes, tokens=x)
+        presence = self.presence_head(x[:, 0])[:, 0] if self.presence_head is not None else None
+        return SemanticSpatialPrompts(
+            prompts=x[:, 1 : 1 + self.num_prompts],
+            boxes=boxes,
+            tokens=x,
+            presence_logits=presence,
+        )

@@ -74,6 +74,7 @@ class SSPSAMConfig:
     feature_norm: Literal["channel", "token"] = "channel"  # CLIP token L2 axis (reference: token)
     gru_over_padding: bool = False  # run the BiGRU over padding too (reference: True)
     has_target_min_fraction: float = 50 / 512**2  # positive-area share that counts as a target
+    target_head: bool = False  # GRES decision from a register-token logit instead of mask area
     lr: float = 1e-4  # learning rate of the new heads and the prompt generator
     decoder_lr: float = 1e-5  # learning rate of SAM's mask decoder
     weight_decay: float = 1e-4  # AdamW weight decay of every group
@@ -88,7 +89,7 @@ SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
     "vit_b16_224": {"clip_name": "ViT-B-16", "clip_image_size": 224},
     "tiny": {
         "clip_name": "tiny",
-        "clip_image_size": 128,
+        "clip_image_size": 64,
         "sam_variant": "tiny",
         "adapter_dim": 64,
         "adapter_heads": 4,
@@ -99,6 +100,7 @@ SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
         "text_length": 16,
         "decoder_lr": 1e-4,
         "decoder_freeze_epochs": 0,
+        "has_target_min_fraction": 0.005,
     },
 }
 """Named presets: the paper's two variants and a `tiny` one (random tiny backbones) for tests."""
@@ -200,15 +202,20 @@ class SSPSAM(nn.Module):
             upsample=upsample,
         )
         low_res = pred.low_res_logits[:, 0]
+        if prompts.presence_logits is not None:
+            has_target = prompts.presence_logits > 0
+        else:
+            has_target = has_target_from_mask(
+                low_res, min_fraction=self.config.has_target_min_fraction
+            )
         return ReferringOutput(
             low_res_logits=low_res,
             iou_scores=pred.iou_scores[:, 0],
             boxes=prompts.boxes,
-            has_target=has_target_from_mask(
-                low_res, min_fraction=self.config.has_target_min_fraction
-            ),
+            has_target=has_target,
             prompts=prompts.prompts,
             logits=pred.logits[:, 0] if pred.logits is not None else None,
+            target_logits=prompts.presence_logits,
         )
 
     def forward(
@@ -344,7 +351,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
     Example:
         >>> model = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
         >>> model.config.feature_norm, model.prompt_encoder.num_tokens
-        ('token', 256)
+        ('token', 64)
     """
     config = _resolve(cfg, overrides)
     clip = build_clip_backbone(config.clip_name, config.clip_checkpoint)
@@ -378,6 +385,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
             num_heads=config.num_heads,
             mlp_dim=config.mlp_dim,
             dropout=config.encoder_dropout,
+            presence_head=config.target_head,
         ),
     )
     model.set_decoder_frozen(config.decoder_freeze_epochs > 0)

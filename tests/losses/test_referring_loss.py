@@ -51,6 +51,21 @@ class TestReferringLoss:
         out = referring_loss(None, None, pb, tb, dice_weight=0, focal_weight=0)
         torch.testing.assert_close(out.total, 5 * out.l1 + 2 * out.giou)
 
+    def test_presence_term(self) -> None:
+        logits, masks, pb, tb = _batch()
+        presence, has = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([True, True, False])
+        out = referring_loss(
+            logits, masks, pb, tb, presence_logits=presence, has_target=has, presence_weight=3.0
+        )
+        p = presence.sigmoid()
+        expected = -(torch.log(p[0]) + torch.log(p[1]) + torch.log(1 - p[2])) / 3
+        torch.testing.assert_close(out.presence, expected)
+        plain = referring_loss(logits, masks, pb, tb)
+        assert plain.presence is None
+        torch.testing.assert_close(out.total, plain.total + 3.0 * expected)
+        with pytest.raises(ValueError, match="presence_logits need has_target"):
+            referring_loss(logits, masks, pb, tb, presence_logits=presence)
+
     def test_exception(self) -> None:
         logits, masks, pb, tb = _batch()
         with pytest.raises(ValueError, match=r"mask_targets: expected shape \(B, 1, H, W\)"):

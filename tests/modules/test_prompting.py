@@ -106,6 +106,13 @@ class TestSemanticSpatialPromptEncoder:
         torch.testing.assert_close(out.boxes, enc.box_head(hs[0]).sigmoid())
         torch.testing.assert_close(out.prompts, hs[1 : 1 + K].transpose(0, 1))
 
+    def test_presence_head(self) -> None:
+        assert _encoder()(torch.randn(2, N, D)).presence_logits is None
+        enc = _encoder(presence_head=True)
+        out = enc(torch.randn(3, N, D))
+        assert enc.presence_head is not None and out.presence_logits is not None
+        torch.testing.assert_close(out.presence_logits, enc.presence_head(out.tokens[:, 0])[:, 0])
+
     def test_init(self) -> None:
         enc = _encoder(dim=32, num_prompts=64, num_tokens=64)
         assert 0.8 < enc.prompt_tokens.weight.std() < 1.2  # nn.Embedding N(0, 1)

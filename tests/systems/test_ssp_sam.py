@@ -116,6 +116,15 @@ class TestSSPSAM:
         assert paper.param_groups()[2]["lr"] == 1e-5
         assert not any(p.requires_grad for p in paper.sam.mask_decoder.parameters())
 
+    def test_target_head(self) -> None:
+        torch.manual_seed(0)
+        m = build_ssp_sam("tiny", target_head=True).train()
+        out = m(torch.rand(2, 3, 128, 128), TEXTS[:2])
+        assert out.target_logits is not None and out.target_logits.shape == (2,)
+        assert torch.equal(out.has_target, out.target_logits > 0)
+        out.target_logits.sum().backward()
+        assert m.prompt_encoder.presence_head.weight.grad is not None
+
     def test_reference_quirks(self) -> None:
         m = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
         assert m.language.gru_over_padding and m.config.feature_norm == "token"
