@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import TOLERANCES
+from tests.conftest import TOLERANCES
 from samkit.modules.affinity import (
     AffinityDecoder,
     AffinityDecoderLayer,
