@@ -6,7 +6,7 @@ Evaluation reports mIoU on held-out scenes, the majority-class baseline, the fra
 32x32 grid TSPP samples per image, and the fraction of ground-truth segments larger than g_p
 grid cells that receive at least one sampled point.
 
-    python examples/train_sam_mi.py --steps1 300 --steps2 150 --out runs/sam_mi
+    python examples/train_sam_mi.py --steps1 400 --steps2 400 --out runs/sam_mi
     python examples/train_sam_mi.py --out runs/sam_mi --resume   # continue from the checkpoint
 """
 
@@ -34,18 +34,19 @@ from samkit.systems.sam_mi import SAMMI, build_sam_mi
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps1", type=int, default=300, help="stage-1 (TSPP only) steps")
-    p.add_argument("--steps2", type=int, default=150, help="stage-2 (full model) steps")
+    p.add_argument("--steps1", type=int, default=400, help="stage-1 (TSPP only) steps")
+    p.add_argument("--steps2", type=int, default=400, help="stage-2 (full model) steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--size", type=int, default=128, help="scene side in pixels")
     p.add_argument("--train-scenes", type=int, default=400)
     p.add_argument("--val-scenes", type=int, default=24)
-    p.add_argument("--eval-every", type=int, default=100, help="evaluate every N steps (0: end)")
+    p.add_argument("--eval-every", type=int, default=200, help="evaluate every N steps (0: end)")
     p.add_argument("--lr", type=float, default=None, help="base lr (default: preset's)")
     p.add_argument("--clip-finetune", choices=["none", "attention_qv", "all"], default=None)
     p.add_argument("--clip-lr-mult", type=float, default=None, help="CLIP lr multiplier")
     p.add_argument("--out", type=str, default="runs/sam_mi", help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.*")
+    p.add_argument("--clip-grad", type=float, default=1.0, help="grad-norm clip (0: off)")
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loss = crit(output, labels, stage=stage)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args.clip_grad > 0:
+                params = [q for group in opt.param_groups for q in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
             last = step + 1 == steps[stage]

@@ -220,7 +220,8 @@ def sample_points(
 class TextGuidedSparsePointPrompter(nn.Module):
     """TSPP network: cost maps -> MLP + attention block -> probability head and mask head.
 
-    The cost volume is detached (no gradient reaches CLIP). A per-pixel MLP (`1 -> D -> D`, with a
+    The cost volume is detached by default (no gradient reaches CLIP). A per-pixel MLP
+    (`1 -> D -> D`, with a
     depth-wise 3x3 conv for spatial context) embeds every class's cost; an attention block mixes
     classes at every location (multi-head self-attention over `T`) and locations within each class
     (a second depth-wise conv), giving `S_en`. Two linear heads follow: the mask head scores each
@@ -244,6 +245,8 @@ class TextGuidedSparsePointPrompter(nn.Module):
         num_heads: int = 4,
         grid: int = 32,
         reduction: Literal["max", "mean"] = "max",
+        detach_input: bool = True,
+        normalize_input: bool = False,
     ) -> None:
         """Create the prompter.
 
@@ -252,8 +255,15 @@ class TextGuidedSparsePointPrompter(nn.Module):
             num_heads: Heads of the class attention.
             grid: Point-grid side `g`.
             reduction: How class scores reduce to one probability per cell.
+            detach_input: Detach the cost volume. The paper stops the gradient towards CLIP's
+                *visual* encoder only; a caller that detaches the visual features itself (so the
+                text encoder still learns from `L_tspp`) passes False.
+            normalize_input: Standardise the cost volume per image (over classes and pixels)
+                before the MLP (robust to cost offset/scale drift, but it scales the gradient
+                that reaches the text encoder by `1 / std`; off by default).
         """
         super().__init__()
+        self.detach_input, self.normalize_input = detach_input, normalize_input
         if reduction not in ("max", "mean"):
             raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
         self.grid, self.reduction = grid, reduction
@@ -274,14 +284,18 @@ class TextGuidedSparsePointPrompter(nn.Module):
         """Score grid cells and classes.
 
         Args:
-            cost: Cost volume `(B, T, h, w)` (detached inside).
+            cost: Cost volume `(B, T, h, w)` (detached inside when `detach_input`).
 
         Returns:
             `TSPPOutput` with `prob (B, g, g)`, `prob_logits (B, T, g, g)`,
             `mask_logits (B, T, h, w)` and `text_masks (B, T, h, w)`.
         """
         s = check_shape(cost, "B T h w", name="cost")
-        x = self.mlp(rearrange(cost.detach(), "b t h w -> (b t) 1 h w"))
+        cost = cost.detach() if self.detach_input else cost
+        if self.normalize_input:  # per-image standardisation: robust to cost offset/scale drift
+            mean = cost.mean(dim=(1, 2, 3), keepdim=True)
+            cost = (cost - mean) / cost.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
+        x = self.mlp(rearrange(cost, "b t h w -> (b t) 1 h w"))
         tok = rearrange(x, "(b t) d h w -> (b h w) t d", b=s["B"])
         z = self.norm(tok)
         tok = tok + self.class_attn(z, z, z, need_weights=False)[0]

@@ -70,6 +70,7 @@ class SAMMIConfig:
     tspp_dim: int = 64  # TSPP hidden width [open]
     tspp_heads: int = 4  # TSPP class-attention heads [open]
     tspp_reduction: Literal["max", "mean"] = "max"  # class -> cell probability reduction [open]
+    tspp_text_grad: bool = True  # L_tspp reaches the text encoder (paper stops visual grads only)
     dim: int = 128  # cost-embedding channels
     num_layers: int = 2  # aggregation layers (spatial + class)
     num_heads: int = 4  # aggregation attention heads
@@ -112,7 +113,12 @@ class SAMMIConfig:
             pad_len=0,
             injection_heads=4,
             injection_hidden_dim=8,
-            lr=2e-3,
+            lr=1e-3,
+            # random-weight CLIP has no image-text alignment to protect: train all of it at lr
+            clip_finetune="all",
+            clip_lr_multiplier=1.0,
+            # ... so the costs drift far more than in the paper; TSPP must keep up with them
+            tspp_lr_multiplier=1.0,
         )
         return dataclasses.replace(base, **overrides)
 
@@ -182,7 +188,15 @@ class SAMMI(nn.Module):
         if self.tspp is None:
             raise ValueError("this SAM-MI has no prompter")
         dense = self.clip.encode_dense(self._clip_input(images), mode="value")
-        return self.tspp(cost_volume(dense.features, self.encode_text(class_names)))
+        out = self._prompt(dense.features, self.encode_text(class_names))
+        assert out is not None
+        return out
+
+    def _prompt(self, features: Tensor, text: Tensor) -> TSPPOutput | None:
+        # stop-gradient towards CLIP's visual encoder (SAM-MI §3.2); the text side may learn
+        if self.tspp is None:
+            return None
+        return self.tspp(cost_volume(features.detach(), text))
 
     def _clip_input(self, images: Tensor) -> Tensor:
         check_shape(images, "B 3 H W", name="images")
@@ -226,7 +240,7 @@ class SAMMI(nn.Module):
         dense = self.clip.encode_dense(
             self._clip_input(images), mode="value", intermediates=self.config.clip_taps
         )
-        tspp = self.tspp(cost_volume(dense.features, text)) if self.tspp is not None else None
+        tspp = self._prompt(dense.features, text)
         taps = self.aggregator.upsample_taps(dense.intermediates)
         mask_size = taps[-1].shape[-2:]
         with torch.no_grad():
@@ -358,7 +372,11 @@ def build_sam_mi(
     need_tspp = cfg.prompting == "tspp" or cfg.use_smagg
     tspp = (
         TextGuidedSparsePointPrompter(
-            dim=cfg.tspp_dim, num_heads=cfg.tspp_heads, grid=cfg.grid, reduction=cfg.tspp_reduction
+            dim=cfg.tspp_dim,
+            num_heads=cfg.tspp_heads,
+            grid=cfg.grid,
+            reduction=cfg.tspp_reduction,
+            detach_input=not cfg.tspp_text_grad,
         )
         if need_tspp
         else None

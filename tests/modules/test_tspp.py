@@ -153,6 +153,20 @@ class TestTextGuidedSparsePointPrompter:
         for name, p in tspp.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
+    def test_input_standardisation(self) -> None:
+        tspp = TextGuidedSparsePointPrompter(dim=8, num_heads=2, grid=8, normalize_input=True)
+        tspp.eval()
+        cost = torch.randn(2, 3, 4, 4)
+        torch.testing.assert_close(tspp(3 * cost + 1).prob, tspp(cost).prob, atol=1e-5, rtol=1e-4)
+        tspp.normalize_input = False
+        assert not torch.allclose(tspp(3 * cost + 1).prob, tspp(cost).prob)
+
+    def test_text_gradient_option(self) -> None:
+        tspp = TextGuidedSparsePointPrompter(dim=8, num_heads=2, grid=8, detach_input=False)
+        cost = torch.randn(1, 2, 4, 4, requires_grad=True)
+        tspp(cost).mask_logits.sum().backward()
+        assert cost.grad is not None and torch.isfinite(cost.grad).all()
+
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="reduction"):
             TextGuidedSparsePointPrompter(reduction="sum")  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ class TestSAMMIConfig:
         assert (cfg.clip_name, cfg.clip_size, cfg.sam_variant) == ("ViT-B-16", 384, "vit_h")
         assert (cfg.grid, cfg.g_p, cfg.m_p, cfg.alpha) == (32, 5.0, 10, 0.5)
         assert (cfg.lambda_mse, cfg.lambda_tspp, cfg.clip_lr_multiplier) == (0.5, 0.1, 0.01)
+        assert cfg.tspp_lr_multiplier == 0.1 and cfg.tspp_text_grad
         assert (cfg.lr, cfg.clip_finetune, cfg.num_layers, cfg.window_size) == (
             2e-4,
             "attention_qv",
@@ -132,19 +133,28 @@ class TestTwoStageTraining:
         groups = m.configure_stage(2)
         lrs = {g["name"]: g["lr"] for g in groups}
         assert lrs == {
-            "tspp": pytest.approx(m.config.lr * 0.1),
+            "tspp": pytest.approx(m.config.lr * m.config.tspp_lr_multiplier),
             "aggregator": m.config.lr,
-            "clip": pytest.approx(m.config.lr * 0.01),
+            "clip": pytest.approx(m.config.lr * m.config.clip_lr_multiplier),
         }
         trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-        clip_names = {n for n in trainable if n.startswith("clip.")}
-        assert clip_names and all("in_proj_weight.original" in n for n in clip_names)
-        assert all(n.endswith(("original0", "original2")) for n in clip_names)  # q and v only
+        assert {n for n in trainable if n.startswith("clip.")} == {
+            f"clip.{n}" for n, p in m.clip.named_parameters() if p.requires_grad
+        }
         assert not any(n.startswith("sam.") for n in trainable)
         in_groups = {id(p) for g in groups for p in g["params"]}
         assert in_groups == {id(p) for p in m.parameters() if p.requires_grad}
         with pytest.raises(ValueError, match="stage must be"):
             m.configure_stage(3)
+
+    def test_paper_clip_policy_is_qv_only(self) -> None:
+        m = build_sam_mi("tiny", clip_finetune="attention_qv", clip_lr_multiplier=0.01)
+        groups = m.configure_stage(2)
+        clip_names = {n for n, p in m.named_parameters() if p.requires_grad and "clip." in n}
+        assert clip_names and all("in_proj_weight.original" in n for n in clip_names)
+        assert all(n.endswith(("original0", "original2")) for n in clip_names)  # q and v only
+        clip_group = next(g for g in groups if g["name"] == "clip")
+        assert clip_group["lr"] == pytest.approx(m.config.lr * 0.01)
 
     def test_stage2_gradients(self, images: torch.Tensor) -> None:
         torch.manual_seed(0)
