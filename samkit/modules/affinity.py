@@ -117,8 +117,9 @@ class AffinityHead(nn.Module):
                 nn.Conv2d(num_heads, 1, 1),
             ]
         )
-        for conv in self.convs:
+        for conv in self.convs:  # mmcv's xavier_init: xavier-normal weights, zero bias
             nn.init.xavier_normal_(conv.weight)  # type: ignore[arg-type]
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
         self.logit_scale = nn.Parameter(torch.zeros(()))
         self.bias_lang = nn.Parameter(torch.zeros(dim))
         self.bias0 = nn.Parameter(torch.tensor(_prior_bias(prior_prob)))

@@ -72,6 +72,7 @@ class TestAffinityHead:
     def test_initial_bias_is_prior(self) -> None:
         head = AffinityHead(dim=8, num_heads=2, ffn_dim=8, prior_prob=0.01)
         assert head.bias0.item() == pytest.approx(-math.log(0.99 / 0.01))
+        assert all((conv.bias == 0).all() for conv in head.convs)  # mmcv xavier_init
 
     @pytest.mark.parametrize("k,n", [(1, 1), (3, 0), (0, 4)])
     def test_shape(self, k: int, n: int) -> None:
