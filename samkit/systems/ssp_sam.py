@@ -38,6 +38,7 @@ __all__ = [
     "REFERENCE_QUIRKS",
     "SSPSAM",
     "SSPSAMConfig",
+    "SSPSAMOutput",
     "SSP_SAM_PRESETS",
     "build_ssp_sam",
     "config_dict",
@@ -80,6 +81,9 @@ class SSPSAMConfig:
     weight_decay: float = 1e-4  # AdamW weight decay of every group
     decoder_freeze_epochs: int = 20  # epochs the mask decoder stays frozen at the start
 
+
+SSPSAMOutput = ReferringOutput
+"""The output of `SSPSAM.forward` (an alias of `samkit.types.ReferringOutput`)."""
 
 REFERENCE_QUIRKS: dict[str, Any] = {"feature_norm": "token", "gru_over_padding": True}
 """Overrides that reproduce the released SSP-SAM code (spec §8.2, §8.14)."""
