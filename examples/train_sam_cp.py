@@ -6,7 +6,7 @@ weights) or the tiny random-weight SAM's automatic masks (`--patches sam`). The 
 classify the parts and merge them back into instances.
 
 Example:
-    python examples/train_sam_cp.py --steps 300 --out runs/sam_cp
+    python examples/train_sam_cp.py --steps 1500 --out runs/sam_cp
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ NUM_STUFF = NUM_CLASSES - NUM_THING_CLASSES
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=400, help="optimisation steps")
+    p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -50,9 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--size", type=int, default=96, help="image side in pixels")
     p.add_argument("--train-scenes", type=int, default=4000)
-    p.add_argument("--eval-scenes", type=int, default=48)
+    p.add_argument("--eval-scenes", type=int, default=32)
     p.add_argument(
-        "--eval-every", type=int, default=100, help="evaluate every N steps (0: end only)"
+        "--eval-every", type=int, default=500, help="evaluate every N steps (0: end only)"
     )
     p.add_argument("--patches", choices=("oracle", "sam"), default="oracle")
     p.add_argument("--max-parts", type=int, default=4, help="oracle split: parts per segment")

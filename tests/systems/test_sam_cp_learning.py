@@ -39,7 +39,7 @@ def test_tiny_sam_cp_merges_oracle_patches() -> None:
     train = _example()
     metrics = train.main(
         [
-            "--steps", "600",
+            "--steps", "1500",
             "--eval-every", "0",
             "--eval-scenes", "32",
             "--seed", "0",
