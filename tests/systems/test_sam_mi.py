@@ -72,11 +72,11 @@ class TestSAMMI:
         with torch.no_grad():
             out = model(images, NAMES)
         assert isinstance(out, SAMMIOutput)
-        assert out.logits.shape == (2, 3, 32, 32) and torch.isfinite(out.logits).all()
+        assert out.logits.shape == (2, 3, 48, 48) and torch.isfinite(out.logits).all()
         assert out.tspp is not None and out.tspp.prob.shape == (2, 32, 32)
         n = out.points.shape[1]
-        assert out.point_valid.shape == (2, n) and out.sam_masks.shape == (2, n, 32, 32)
-        assert out.masks.shape[0] == 2 and out.masks.shape[-2:] == (32, 32)
+        assert out.point_valid.shape == (2, n) and out.sam_masks.shape == (2, n, 48, 48)
+        assert out.masks.shape[0] == 2 and out.masks.shape[-2:] == (48, 48)
         assert torch.equal(out.mask_valid, out.masks.flatten(2).any(-1))
         # points are cell centres of the 32 x 32 grid in SAM's 128 px input frame
         pts = out.points[out.point_valid]
@@ -119,7 +119,7 @@ class TestSAMMI:
         m = build_sam_mi("tiny", sam=sam, sampling="deterministic").eval()
         with torch.no_grad():
             out = m(images[:1], NAMES)
-        assert sam.calls == 1 and out.logits.shape == (1, 3, 32, 32)
+        assert sam.calls == 1 and out.logits.shape == (1, 3, 48, 48)
 
 
 class TestTwoStageTraining:
