@@ -34,6 +34,16 @@ def test_save_and_resume(tmp_path: Path) -> None:
         train.main(["--steps", "1", "--resume", "--no-progress"])
 
 
+def test_sam_patch_mode_trains_and_evaluates() -> None:
+    train = _example()
+    out = train.main(
+        ["--patches", "sam", "--steps", "2", "--eval-every", "0", "--eval-scenes", "2",
+         "--size", "64", "--no-progress"]
+    )  # fmt: skip
+    assert 0.0 <= out["pq"] <= 1.0 and 0.0 <= out["miou"] <= 1.0
+    assert "baseline_pq" not in out  # the unmerged baseline needs oracle parts
+
+
 @pytest.mark.slow
 def test_tiny_sam_cp_merges_oracle_patches() -> None:
     train = _example()
