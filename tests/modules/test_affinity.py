@@ -7,7 +7,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import TOLERANCES
 from samkit.modules.affinity import (
     AffinityDecoder,
     AffinityDecoderLayer,
@@ -17,6 +16,7 @@ from samkit.modules.affinity import (
     semantic_instance_attention_mask,
 )
 from samkit.modules.merging import merge_boxes, normalize_affinity
+from tests.conftest import TOLERANCES
 
 
 def _reference_affinity(head: AffinityHead, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
