@@ -35,9 +35,22 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AffinityDecoderOutput",
+    "ClipDenseOutput",
     "ImageEmbedding",
+    "InjectedGuidance",
+    "LinguisticFeatures",
     "MaskPrediction",
+    "PanopticResult",
+    "PatchTargets",
+    "Patches",
     "Prompts",
+    "ReferringLossTerms",
+    "ReferringOutput",
+    "SAMCPOutput",
+    "SAMMIOutput",
+    "SemanticSpatialPrompts",
+    "TSPPOutput",
     "TextEmbedding",
 ]
 

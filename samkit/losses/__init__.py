@@ -1,5 +1,24 @@
 """Losses, each as a function and a Module that calls it."""
 
+from samkit.losses.box import (
+    BoxL1Loss,
+    GIoULoss,
+    box_l1_loss,
+    giou_loss,
+)
+from samkit.losses.referring import (
+    ReferringLoss,
+    referring_loss,
+)
+from samkit.losses.sam_cp import (
+    SAMCPLoss,
+    sam_cp_loss,
+)
+from samkit.losses.sam_mi import (
+    SAMMILoss,
+    cost_aggregation_loss,
+    tspp_loss,
+)
 from samkit.losses.segmentation import (
     DiceLoss,
     SigmoidFocalLoss,
@@ -9,9 +28,20 @@ from samkit.losses.segmentation import (
 )
 
 __all__ = [
+    "BoxL1Loss",
     "DiceLoss",
+    "GIoULoss",
+    "ReferringLoss",
+    "SAMCPLoss",
+    "SAMMILoss",
     "SigmoidFocalLoss",
+    "box_l1_loss",
+    "cost_aggregation_loss",
     "dice_loss",
+    "giou_loss",
     "pairwise_dice_loss",
+    "referring_loss",
+    "sam_cp_loss",
     "sigmoid_focal_loss",
+    "tspp_loss",
 ]

@@ -1,3 +1,41 @@
 """Evaluation metrics, streaming where the data can be large."""
 
-__all__: list[str] = []
+from samkit.metrics.instance import (
+    MaskAP,
+    mask_ap,
+)
+from samkit.metrics.panoptic import (
+    PanopticQuality,
+    panoptic_quality,
+)
+from samkit.metrics.referring import (
+    PR_THRESHOLDS,
+    REFERENCE_EMPTY_TOLERANCE,
+    ReferringMetrics,
+    has_target_from_mask,
+    referring_iou,
+    referring_metrics,
+    to_sam_padded_frame,
+)
+from samkit.metrics.semantic import (
+    SemanticIoU,
+    confusion_matrix,
+    mean_iou,
+)
+
+__all__ = [
+    "MaskAP",
+    "PR_THRESHOLDS",
+    "PanopticQuality",
+    "REFERENCE_EMPTY_TOLERANCE",
+    "ReferringMetrics",
+    "SemanticIoU",
+    "confusion_matrix",
+    "has_target_from_mask",
+    "mask_ap",
+    "mean_iou",
+    "panoptic_quality",
+    "referring_iou",
+    "referring_metrics",
+    "to_sam_padded_frame",
+]

@@ -1,3 +1,55 @@
 """Thin assemblies of the published systems: a config, a builder and the module."""
 
-__all__: list[str] = []
+from samkit.systems._registry import SYSTEMS, build_system, list_systems
+from samkit.systems.sam_cp import (
+    COCO_STUFF_CLASSES,
+    COCO_THING_CLASSES,
+    SAMCP,
+    SAMCPConfig,
+    build_sam_cp,
+)
+from samkit.systems.sam_mi import (
+    SAMMI,
+    SAMMIConfig,
+    build_sam_mi,
+)
+from samkit.systems.ssp_sam import (
+    REFERENCE_QUIRKS,
+    SSP_SAM_PRESETS,
+    SSPSAM,
+    SSPSAMConfig,
+    SSPSAMOutput,
+    build_ssp_sam,
+    config_dict,
+)
+from samkit.systems.ssp_sam_official import (
+    IGNORED_PREFIXES,
+    OFFICIAL_KEY_MAP,
+    convert_official_state_dict,
+    load_official_ssp_sam,
+)
+
+__all__ = [
+    "COCO_STUFF_CLASSES",
+    "COCO_THING_CLASSES",
+    "IGNORED_PREFIXES",
+    "OFFICIAL_KEY_MAP",
+    "REFERENCE_QUIRKS",
+    "SAMCP",
+    "SAMCPConfig",
+    "SAMMI",
+    "SAMMIConfig",
+    "SSPSAM",
+    "SSPSAMConfig",
+    "SSPSAMOutput",
+    "SSP_SAM_PRESETS",
+    "SYSTEMS",
+    "build_sam_cp",
+    "build_sam_mi",
+    "build_ssp_sam",
+    "build_system",
+    "config_dict",
+    "convert_official_state_dict",
+    "list_systems",
+    "load_official_ssp_sam",
+]
