@@ -29,6 +29,15 @@ from samkit.modules.cost_aggregation import (
     select_top_classes,
     sliding_window_inference,
 )
+from samkit.modules.cost_attention import (
+    ClassAggregation,
+    GuidedSwinBlock,
+    SpatialAggregation,
+    linear_attention,
+)
+from samkit.modules.cost_decoder import (
+    UpsamplingDecoder,
+)
 from samkit.modules.injection import (
     DecoupledMaskInjection,
     HighFrequencyInjection,
@@ -84,9 +93,11 @@ __all__ = [
     "AffinityDecoder",
     "AffinityDecoderLayer",
     "AffinityHead",
+    "ClassAggregation",
     "CostAggregator",
     "CostEmbedding",
     "DecoupledMaskInjection",
+    "GuidedSwinBlock",
     "HighFrequencyInjection",
     "LinguisticAttentionAdapter",
     "LowFrequencyInjection",
@@ -102,10 +113,12 @@ __all__ = [
     "SemanticQueryEmbedding",
     "SemanticSpatialPromptEncoder",
     "ShallowMaskAggregator",
+    "SpatialAggregation",
     "TanhFusion",
     "TextGuidedSparsePointPrompter",
     "TimmFPN",
     "TinyFeaturePyramid",
+    "UpsamplingDecoder",
     "VisionLanguageClassifier",
     "VisualAttentionAdapter",
     "boundary_encoding",
@@ -118,6 +131,7 @@ __all__ = [
     "geometric_ensemble",
     "grid_points",
     "letterbox",
+    "linear_attention",
     "mask_text_overlap",
     "masked_phrase_attention",
     "masks_from_labels",
