@@ -66,7 +66,7 @@ def check_shape(
             f"with {len(shape)} dims"
         )
     out: dict[str, int] = {}
-    for axis, size in zip(tokens, shape):
+    for axis, size in zip(tokens, shape, strict=True):
         if axis == "*":
             continue
         if axis.isdigit():
@@ -105,4 +105,3 @@ def check_same_device(*tensors: Tensor | None, names: tuple[str, ...] | None = N
             a = names[ref_i] if names else f"tensor {ref_i}"
             b = names[i] if names else f"tensor {i}"
             raise ValueError(f"{a} is on {ref.device} but {b} is on {t.device}")
-

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,7 +81,7 @@ class DemoContext:
 
 def step_scenes(ctx: DemoContext) -> list[Path]:
     """Write the generated scenes next to their semantic maps."""
-    tiles = []
+    tiles: list[np.ndarray | Tensor] = []
     for scene in ctx.scenes:
         tiles += [scene.image, colorize_labels(scene.semantic)]
     path = ctx.out / "scenes.png"
@@ -102,7 +103,7 @@ def step_sam_points(ctx: DemoContext, grid: int = 8, keep: int = 6) -> list[Path
     points = sam.transform_coords(points, size)[None].expand(images.shape[0], -1, -1)
     with ctx.timed("SAM", f"decode {grid * grid} point prompts per image"):
         pred = sam.predict_points(emb, points, multimask=True).best()
-    tiles = []
+    tiles: list[np.ndarray | Tensor] = []
     for b, scene in enumerate(ctx.scenes):
         top = pred.iou_scores[b, :, 0].topk(min(keep, grid * grid)).indices
         low = pred.low_res_logits[b, top, 0]
@@ -127,10 +128,68 @@ def step_clip_similarity(ctx: DemoContext) -> list[Path]:
     logits = torch.einsum("bchw,tc->bthw", dense, text.embeddings.to(dense))
     logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
     labels = logits.argmax(1).cpu()
-    tiles = []
+    tiles: list[np.ndarray | Tensor] = []
     for b, scene in enumerate(ctx.scenes):
         tiles += [scene.image, colorize_labels(labels[b])]
     path = ctx.out / "clip_similarity.png"
+    save_image(make_grid(tiles, ncols=2), path)
+    return [path]
+
+
+@torch.no_grad()
+def step_ssp_sam(ctx: DemoContext) -> list[Path]:
+    """SSP-SAM (tiny, untrained heads): segment each scene's first referring expression."""
+    from samkit.systems.ssp_sam import build_ssp_sam
+
+    model = build_ssp_sam("tiny").to(ctx.device).eval()
+    expressions = [s.expressions[0].text for s in ctx.scenes]
+    with ctx.timed("SSP-SAM", f"forward {len(expressions)} expressions"):
+        out = model(ctx.images, expressions, upsample=True)
+    assert out.logits is not None
+    masks = (out.logits[:, 0] > 0).cpu()
+    tiles = [overlay_masks(s.image, masks[b : b + 1]) for b, s in enumerate(ctx.scenes)]
+    path = ctx.out / "ssp_sam.png"
+    save_image(make_grid(tiles, ncols=len(tiles)), path)
+    (ctx.out / "ssp_sam_expressions.txt").write_text("\n".join(expressions) + "\n")
+    return [path]
+
+
+@torch.no_grad()
+def step_sam_cp(ctx: DemoContext) -> list[Path]:
+    """SAM-CP (tiny, untrained heads): compose SAM patches into a panoptic map."""
+    from samkit.systems.sam_cp import build_sam_cp
+
+    model = build_sam_cp("tiny", build_proposer=True).to(ctx.device).eval()
+    assert model.proposer is not None
+    with ctx.timed("SAM-CP", "SAM patch proposals"):
+        patches = model.proposer(ctx.images)
+    with ctx.timed("SAM-CP", "predict (affinity decoder, merging, fusion)"):
+        results = model.predict(ctx.images, patches)
+    tiles: list[np.ndarray | Tensor] = []
+    for scene, res in zip(ctx.scenes, results, strict=True):
+        tiles += [scene.image, colorize_labels(res.panoptic.cpu())]
+    path = ctx.out / "sam_cp.png"
+    save_image(make_grid(tiles, ncols=2), path)
+    return [path]
+
+
+@torch.no_grad()
+def step_sam_mi(ctx: DemoContext) -> list[Path]:
+    """SAM-MI (tiny, untrained heads): open-vocabulary labels with the sampled SAM prompts."""
+    from samkit.systems.sam_mi import build_sam_mi
+
+    model = build_sam_mi("tiny").to(ctx.device).eval()
+    images = ctx.images
+    with ctx.timed("SAM-MI", f"forward over {len(CLASS_NAMES)} class names"):
+        out = model(images, list(CLASS_NAMES))
+    logits = F.interpolate(out.logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    labels = logits.argmax(1).cpu()
+    scale = max(images.shape[-2:]) / model.sam.img_size
+    tiles: list[np.ndarray | Tensor] = []
+    for b, scene in enumerate(ctx.scenes):
+        pts = (out.points[b][out.point_valid[b]] * scale).cpu()
+        tiles += [scene.image, draw_points(colorize_labels(labels[b]), pts)]
+    path = ctx.out / "sam_mi.png"
     save_image(make_grid(tiles, ncols=2), path)
     return [path]
 
@@ -139,4 +198,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], list[Path]]]] = [
     ("scenes", step_scenes),
     ("SAM point prompts", step_sam_points),
     ("CLIP dense similarity", step_clip_similarity),
+    ("SSP-SAM", step_ssp_sam),
+    ("SAM-CP", step_sam_cp),
+    ("SAM-MI", step_sam_mi),
 ]

@@ -19,7 +19,9 @@ __all__ = ["build_parser", "main", "run_demo"]
 RANDOM_WEIGHTS_NOTE = (
     "note: the backbones have RANDOM weights, so every mask and score below is meaningless; the "
     "demo shows the plumbing, not quality. Pass real checkpoints with --sam-checkpoint (and "
-    "--sam-variant vit_b|vit_l|vit_h) and --clip-checkpoint (and --clip-model, e.g. ViT-B-16)."
+    "--sam-variant vit_b|vit_l|vit_h) and --clip-checkpoint (and --clip-model, e.g. ViT-B-16). "
+    "The systems (SSP-SAM, SAM-CP, SAM-MI) always run their tiny presets with untrained heads; "
+    "see each system's docs page for training and for loading trained weights."
 )
 
 

@@ -18,7 +18,9 @@ class TestCheckShape:
             check_shape(torch.zeros(2, 4, 7, 7), "B 3 H W")
 
     def test_wrong_rank_says_expected_and_got(self) -> None:
-        with pytest.raises(ValueError, match=r"features: expected 4 dims \(B, D, h, w\), got shape \(2, 3, 4\)"):
+        with pytest.raises(
+            ValueError, match=r"features: expected 4 dims \(B, D, h, w\), got shape \(2, 3, 4\)"
+        ):
             check_shape(torch.zeros(2, 3, 4), "B D h w", name="features")
 
     def test_repeated_letter_must_agree(self) -> None:
@@ -43,7 +45,9 @@ class TestCheckShape:
     @given(st.lists(st.integers(1, 5), min_size=1, max_size=5))
     def test_roundtrip_property(self, shape: list[int]) -> None:
         names = [f"a{i}" for i in range(len(shape))]
-        assert check_shape(torch.zeros(*shape), " ".join(names)) == dict(zip(names, shape))
+        assert check_shape(torch.zeros(*shape), " ".join(names)) == dict(
+            zip(names, shape, strict=True)
+        )
 
 
 def test_check_same_device_passes_on_one_device() -> None:

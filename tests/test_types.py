@@ -8,7 +8,9 @@ from samkit.types import ImageEmbedding, MaskPrediction, Prompts, TextEmbedding
 
 class TestPrompts:
     def test_batch_shape(self) -> None:
-        p = Prompts(points=torch.zeros(2, 3, 4, 2), labels=torch.ones(2, 3, 4), boxes=torch.zeros(2, 3, 4))
+        p = Prompts(
+            points=torch.zeros(2, 3, 4, 2), labels=torch.ones(2, 3, 4), boxes=torch.zeros(2, 3, 4)
+        )
         assert p.batch_shape == (2, 3)
         assert not p.is_empty
         assert Prompts().is_empty and Prompts().batch_shape is None
@@ -50,9 +52,9 @@ class TestMaskPrediction:
         pred = MaskPrediction(low_res_logits=low, iou_scores=torch.ones(1, 1, 1), logits=full)
         assert pred.binary().tolist() == [[[[[True, False, True]]]]]
         assert pred.binary(1.5).tolist() == [[[[[False, False, True]]]]]
-        assert MaskPrediction(low_res_logits=low, iou_scores=torch.ones(1, 1, 1)).binary().tolist() == [
-            [[[[False, True]]]]
-        ]
+        assert MaskPrediction(
+            low_res_logits=low, iou_scores=torch.ones(1, 1, 1)
+        ).binary().tolist() == [[[[[False, True]]]]]
 
     def test_best_picks_highest_iou(self) -> None:
         low = torch.arange(2 * 3 * 3 * 4, dtype=torch.float32).reshape(2, 3, 3, 2, 2)
@@ -70,7 +72,9 @@ class TestMaskPrediction:
 
 
 def test_image_embedding_select() -> None:
-    emb = ImageEmbedding(torch.randn(3, 4, 2, 2), (8, 6), (16, 12), intermediates=[torch.randn(3, 5)])
+    emb = ImageEmbedding(
+        torch.randn(3, 4, 2, 2), (8, 6), (16, 12), intermediates=[torch.randn(3, 5)]
+    )
     sub = emb.select(1)
     assert sub.batch_size == 1
     torch.testing.assert_close(sub.embeddings[0], emb.embeddings[1])

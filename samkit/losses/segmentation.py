@@ -205,4 +205,3 @@ class DiceLoss(nn.Module):
             eps=self.eps,
             reduction=self.reduction,
         )
-

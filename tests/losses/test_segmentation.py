@@ -29,7 +29,9 @@ class TestSigmoidFocalLoss:
         x = torch.tensor([0.3, -1.2, 2.0])
         t = torch.tensor([1.0, 0.0, 0.0])
         got = sigmoid_focal_loss(x, t, reduction="none")
-        want = torch.tensor([_focal_by_hand(0.3, 1), _focal_by_hand(-1.2, 0), _focal_by_hand(2.0, 0)])
+        want = torch.tensor(
+            [_focal_by_hand(0.3, 1), _focal_by_hand(-1.2, 0), _focal_by_hand(2.0, 0)]
+        )
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(sigmoid_focal_loss(x, t), want.mean())
         torch.testing.assert_close(sigmoid_focal_loss(x, t, reduction="sum"), want.sum())
@@ -42,7 +44,10 @@ class TestSigmoidFocalLoss:
 
     def test_module_matches_functional(self, device: torch.device) -> None:
         x, t = torch.randn(2, 5, 5, device=device), torch.rand(2, 5, 5, device=device).round()
-        torch.testing.assert_close(SigmoidFocalLoss(alpha=0.4, gamma=1.5)(x, t), sigmoid_focal_loss(x, t, alpha=0.4, gamma=1.5))
+        torch.testing.assert_close(
+            SigmoidFocalLoss(alpha=0.4, gamma=1.5)(x, t),
+            sigmoid_focal_loss(x, t, alpha=0.4, gamma=1.5),
+        )
 
     def test_gradcheck(self) -> None:
         x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
@@ -70,7 +75,8 @@ class TestDiceLoss:
     def test_spatial_dims(self) -> None:
         x, t = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4).round()
         torch.testing.assert_close(
-            dice_loss(x, t, reduction="none"), dice_loss(x.flatten(-2), t.flatten(-2), spatial_dims=1, reduction="none")
+            dice_loss(x, t, reduction="none"),
+            dice_loss(x.flatten(-2), t.flatten(-2), spatial_dims=1, reduction="none"),
         )
         assert dice_loss(x, t, spatial_dims=3, reduction="none").shape == (2,)
 
