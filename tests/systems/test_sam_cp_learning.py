@@ -53,6 +53,7 @@ def test_tiny_sam_cp_merges_oracle_patches() -> None:
             "--eval-every", "0",
             "--eval-scenes", "32",
             "--seed", "0",
+            "--threads", "1",
             "--no-progress",
         ]
     )  # fmt: skip
