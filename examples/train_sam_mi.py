@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=None, help="base lr (default: preset's)")
     p.add_argument("--clip-finetune", choices=["none", "attention_qv", "all"], default=None)
     p.add_argument("--clip-lr-mult", type=float, default=None, help="CLIP lr multiplier")
+    p.add_argument("--tspp-lr-mult", type=float, default=None, help="stage-2 TSPP lr multiplier")
+    p.add_argument("--clip-size", type=int, default=None, help="CLIP input side")
     p.add_argument("--out", type=str, default="runs/sam_mi", help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.*")
     p.add_argument("--clip-grad", type=float, default=1.0, help="grad-norm clip (0: off)")
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides["clip_finetune"] = args.clip_finetune
     if args.clip_lr_mult is not None:
         overrides["clip_lr_multiplier"] = args.clip_lr_mult
+    if args.tspp_lr_mult is not None:
+        overrides["tspp_lr_multiplier"] = args.tspp_lr_mult
+    if args.clip_size is not None:
+        overrides["clip_size"] = args.clip_size
     model = build_sam_mi("tiny", **overrides).to(device)
     crit = SAMMILoss(g_p=model.config.g_p, m_p=model.config.m_p)
     train = load_split("train", args.train_scenes, args.size, args.seed)

@@ -94,10 +94,10 @@ class SAMMIConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMMIConfig:
-        """A small CPU preset: tiny CLIP (C_e 32, 4 blocks) and tiny SAM, 96 px CLIP input."""
+        """A small CPU preset: tiny CLIP (C_e 32, 4 blocks) and tiny SAM, 64 px CLIP input."""
         base = cls(
             clip_name="tiny",
-            clip_size=96,
+            clip_size=64,
             clip_taps=(1, 2),
             sam_variant="tiny",
             tspp_dim=16,
@@ -117,8 +117,6 @@ class SAMMIConfig:
             # random-weight CLIP has no image-text alignment to protect: train all of it at lr
             clip_finetune="all",
             clip_lr_multiplier=1.0,
-            # ... so the costs drift far more than in the paper; TSPP must keep up with them
-            tspp_lr_multiplier=1.0,
         )
         return dataclasses.replace(base, **overrides)
 
@@ -131,7 +129,7 @@ class SAMMI(nn.Module):
         >>> with torch.no_grad():
         ...     out = model(torch.rand(1, 3, 64, 64), ["circle", "grass", "sky"])
         >>> out.logits.shape, out.tspp.prob.shape
-        (torch.Size([1, 3, 48, 48]), torch.Size([1, 32, 32]))
+        (torch.Size([1, 3, 32, 32]), torch.Size([1, 32, 32]))
     """
 
     def __init__(

@@ -72,11 +72,11 @@ class TestSAMMI:
         with torch.no_grad():
             out = model(images, NAMES)
         assert isinstance(out, SAMMIOutput)
-        assert out.logits.shape == (2, 3, 48, 48) and torch.isfinite(out.logits).all()
+        assert out.logits.shape == (2, 3, 32, 32) and torch.isfinite(out.logits).all()
         assert out.tspp is not None and out.tspp.prob.shape == (2, 32, 32)
         n = out.points.shape[1]
-        assert out.point_valid.shape == (2, n) and out.sam_masks.shape == (2, n, 48, 48)
-        assert out.masks.shape[0] == 2 and out.masks.shape[-2:] == (48, 48)
+        assert out.point_valid.shape == (2, n) and out.sam_masks.shape == (2, n, 32, 32)
+        assert out.masks.shape[0] == 2 and out.masks.shape[-2:] == (32, 32)
         assert torch.equal(out.mask_valid, out.masks.flatten(2).any(-1))
         # points are cell centres of the 32 x 32 grid in SAM's 128 px input frame
         pts = out.points[out.point_valid]
@@ -119,7 +119,7 @@ class TestSAMMI:
         m = build_sam_mi("tiny", sam=sam, sampling="deterministic").eval()
         with torch.no_grad():
             out = m(images[:1], NAMES)
-        assert sam.calls == 1 and out.logits.shape == (1, 3, 48, 48)
+        assert sam.calls == 1 and out.logits.shape == (1, 3, 32, 32)
 
 
 class TestTwoStageTraining:
@@ -164,8 +164,12 @@ class TestTwoStageTraining:
         labels = torch.randint(0, 3, (2, 64, 64))
         SAMMILoss()(m(images, NAMES), labels, stage=2).backward()
         for g in groups:
-            for p in g["params"]:
-                assert p.grad is not None and torch.isfinite(p.grad).all(), g["name"]
+            grads = [p.grad for p in g["params"]]
+            if g["name"] == "clip":  # dense value mode skips e.g. the last block's q/k, logit_scale
+                assert sum(x is not None for x in grads) > len(grads) // 2
+            else:
+                assert all(x is not None for x in grads), g["name"]
+            assert all(torch.isfinite(x).all() for x in grads if x is not None), g["name"]
         assert all(p.grad is None for p in m.sam.parameters())
 
     def test_stage1_prompter_only(self, images: torch.Tensor) -> None:
