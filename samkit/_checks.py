@@ -42,7 +42,7 @@ def check_shape(
         TypeError: If `x` is not a tensor.
         ValueError: If the number of axes or any size differs, with expected vs got.
 
-    Example:
+    Examples:
         >>> check_shape(torch.zeros(2, 8, 4, 4), "B D h w", name="features")
         {'B': 2, 'D': 8, 'h': 4, 'w': 4}
     """

@@ -58,7 +58,7 @@ def patch_overlaps(
         `(iop, iou)`, both `(N, G)`: `iop = min(IoP_box, IoP_mask)` (intersection over the patch)
         and `iou` the box IoU.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 4, 4, dtype=torch.bool); m[0, :2] = True
         >>> g = torch.ones(1, 4, 4, dtype=torch.bool)
         >>> pb, gb = torch.tensor([[0.0, 0, 4, 2]]), torch.tensor([[0.0, 0, 4, 4]])
@@ -85,7 +85,7 @@ class PartAssigner:
     patch as a part iff that `U > min_pos_iou` (else 0). Deviation: "no part" is tested directly
     (the reference treats an all-ignored column as already assigned).
 
-    Example:
+    Examples:
         >>> assigner = PartAssigner()
         >>> assigner(torch.tensor([[0.9], [0.3], [0.6]]), torch.tensor([[0.2], [0.1], [0.7]]))
         tensor([[1],
@@ -165,7 +165,7 @@ class HungarianPatchMatcher:
     parts) + 2 dice cost + 2 box L1 + 2 (-GIoU), boxes being the merged boxes of the queries;
     solved with `scipy.optimize.linear_sum_assignment`.
 
-    Example:
+    Examples:
         >>> matcher = HungarianPatchMatcher()
         >>> aff = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
         >>> parts = torch.tensor([[0, 1], [1, 0]])
@@ -322,7 +322,7 @@ def build_patch_targets(
     Returns:
         `PatchTargets`.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(2, 8, 8, dtype=torch.bool); m[0, :, :4] = True; m[1, :, 4:] = True
         >>> p = Patches(m, torch.tensor([[0.0, 0, 4, 8], [4.0, 0, 8, 8]]), torch.ones(2))
         >>> t = build_patch_targets(p, m, torch.tensor([0, 1]), num_things=1, num_stuff=1)

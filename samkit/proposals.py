@@ -56,7 +56,7 @@ def point_grid(points_per_side: int) -> Tensor:
     Returns:
         Points `(n * n, 2)`, row-major (x varies fastest).
 
-    Example:
+    Examples:
         >>> point_grid(2)
         tensor([[0.2500, 0.2500],
                 [0.7500, 0.2500],
@@ -82,7 +82,7 @@ def stability_score(logits: Tensor, *, threshold: float = 0.0, offset: float = 1
     Returns:
         Scores `(...)` in `[0, 1]`.
 
-    Example:
+    Examples:
         >>> stability_score(torch.tensor([[[3.0, 0.5], [-3.0, -3.0]]]))
         tensor([0.5000])
     """
@@ -94,7 +94,7 @@ def stability_score(logits: Tensor, *, threshold: float = 0.0, offset: float = 1
 def mask_boxes(masks: Tensor) -> Tensor:
     """Boxes `(..., 4)` of binary masks `(..., H, W)`, exclusive far edge; zeros for empty masks.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 4, 4, dtype=torch.bool); m[0, 1:3, 2] = True
         >>> mask_boxes(m)
         tensor([[2., 1., 3., 3.]])
@@ -116,7 +116,7 @@ def mask_boxes(masks: Tensor) -> Tensor:
 def patches_from_masks(masks: Tensor, scores: Tensor | None = None) -> Patches:
     """Wrap binary masks `(N, H, W)` as `Patches` (boxes from the masks, scores default 1).
 
-    Example:
+    Examples:
         >>> patches_from_masks(torch.ones(2, 4, 4, dtype=torch.bool)).boxes[0]
         tensor([0., 0., 4., 4.])
     """
@@ -166,7 +166,7 @@ def patches_from_amg(records: Sequence[Mapping[str, Any]], image_size: tuple[int
     Returns:
         `Patches` with boxes converted to `(x0, y0, x0 + w, y0 + h)`.
 
-    Example:
+    Examples:
         >>> rec = {"segmentation": torch.ones(4, 4).bool().numpy(), "bbox": [0, 0, 3, 3],
         ...        "predicted_iou": 0.9}
         >>> patches_from_amg([rec], (4, 4)).num_patches
@@ -187,7 +187,7 @@ def patches_from_records(record: Mapping[str, Any]) -> Patches:
 
     This is the per-image pickle layout of SAM-CP's offline proposals (spec section 8).
 
-    Example:
+    Examples:
         >>> rle = {"size": [2, 2], "counts": [1, 3]}
         >>> p = patches_from_records({"boxes": [[0, 0, 2, 2]], "segmentations": [rle],
         ...                           "scores": [0.8]})
@@ -236,7 +236,7 @@ def pad_patches(patches: Sequence[Patches]) -> tuple[Tensor, Tensor, Tensor, Ten
     Raises:
         ValueError: If `patches` is empty or the image sizes differ.
 
-    Example:
+    Examples:
         >>> a = patches_from_masks(torch.ones(2, 4, 4)); b = patches_from_masks(torch.ones(0, 4, 4))
         >>> pad_patches([a, b])[3]
         tensor([[False, False],
@@ -269,7 +269,7 @@ class SamPatchProposer(nn.Module):
     at the original size, boxed, and de-duplicated with box NMS. No crops, no small-region
     clean-up (both off in SAM-CP).
 
-    Example:
+    Examples:
         >>> from samkit.backbones.sam import build_sam_backbone
         >>> proposer = SamPatchProposer(sam=build_sam_backbone("tiny"), points_per_side=4,
         ...                             pred_iou_thresh=0.0, stability_score_thresh=0.0)

@@ -97,7 +97,7 @@ class Prompts(_TensorFieldsMixin):
         dense_embeddings: Raw dense prompt embeddings `(B, K, D, h, w)` that replace the mask
             embedding (or SAM's `no_mask_embed`) when given.
 
-    Example:
+    Examples:
         >>> p = Prompts(points=torch.zeros(2, 3, 1, 2), labels=torch.ones(2, 3, 1))
         >>> p.batch_shape
         (2, 3)
@@ -181,7 +181,7 @@ class MaskPrediction(_TensorFieldsMixin):
         mask_threshold: The logit threshold that separates foreground from background.
         tokens: Optional decoder output tokens `(B, K, M, D)` for heads that need them.
 
-    Example:
+    Examples:
         >>> pred = MaskPrediction(low_res_logits=torch.randn(1, 2, 3, 8, 8),
         ...                       iou_scores=torch.rand(1, 2, 3))
         >>> pred.binary().shape
@@ -240,7 +240,7 @@ class ImageEmbedding(_TensorFieldsMixin):
         original_size: `(H, W)`: size of the images before preprocessing.
         intermediates: Optional encoder intermediate features (HQ-SAM style), each `(B, ...)`.
 
-    Example:
+    Examples:
         >>> emb = ImageEmbedding(torch.zeros(2, 256, 64, 64), (1024, 768), (480, 360))
         >>> emb.batch_size
         2
@@ -281,7 +281,7 @@ class TextEmbedding(_TensorFieldsMixin):
         padding_mask: Optional `(T, L)` bool, True where `token_states` is padding.
         tokens: Optional token ids `(T, L)` that produced `token_states`.
 
-    Example:
+    Examples:
         >>> te = TextEmbedding(torch.nn.functional.normalize(torch.randn(3, 8), dim=-1),
         ...                    ["cat", "dog", "sky"])
         >>> te.num_texts
@@ -324,7 +324,7 @@ class LinguisticFeatures(_TensorFieldsMixin):
         sentence: Phrase-attention pooled sentence vector `(B, D)`.
         weights: Phrase-attention weights `(B, L)`; zero at padding, summing to one per text.
 
-    Example:
+    Examples:
         >>> f = LinguisticFeatures(torch.zeros(2, 5, 8), torch.zeros(2, 8), torch.full((2, 5), .2))
         >>> f.sentence.shape
         torch.Size([2, 8])
@@ -345,7 +345,7 @@ class SemanticSpatialPrompts(_TensorFieldsMixin):
         tokens: All encoder output tokens `(B, 1 + K + N, D)` (register, prompts, fused).
         presence_logits: Optional "has a referent" logits `(B,)` from the register token.
 
-    Example:
+    Examples:
         >>> p = SemanticSpatialPrompts(torch.zeros(2, 4, 8), torch.rand(2, 4), torch.zeros(2, 9, 8))
         >>> p.prompts.shape
         torch.Size([2, 4, 8])
@@ -369,7 +369,7 @@ class ReferringLossTerms(_TensorFieldsMixin):
         giou: Box generalised-IoU loss.
         presence: Binary cross-entropy of the "has a referent" logits (`None` when unused).
 
-    Example:
+    Examples:
         >>> z = torch.zeros(())
         >>> ReferringLossTerms(z, z, z, z, z).total.shape
         torch.Size([])
@@ -397,7 +397,7 @@ class ReferringOutput(_TensorFieldsMixin):
         logits: Mask logits `(B, 1, H, W)` at the original image size, or `None` when not asked.
         target_logits: `(B,)` logits of the optional "has a referent" head, else `None`.
 
-    Example:
+    Examples:
         >>> out = ReferringOutput(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1), torch.rand(1, 4),
         ...                       torch.tensor([False]), torch.zeros(1, 3, 4))
         >>> out.binary().shape
@@ -427,7 +427,7 @@ class Patches(_TensorFieldsMixin):
         boxes: Patch boxes `(N, 4)` as `(x0, y0, x1, y1)` pixels in the original frame.
         scores: Patch quality scores `(N,)` (SAM's predicted IoU, or 1 for external patches).
 
-    Example:
+    Examples:
         >>> p = Patches(torch.zeros(3, 8, 8, dtype=torch.bool), torch.zeros(3, 4), torch.ones(3))
         >>> p.num_patches, p.image_size
         (3, (8, 8))
@@ -559,7 +559,7 @@ class ClipDenseOutput(_TensorFieldsMixin):
         intermediates: Outputs of the requested vision blocks, each `(B, D_v, h, w)` with `D_v`
             the transformer width (before `ln_post`, not projected).
 
-    Example:
+    Examples:
         >>> out = ClipDenseOutput(torch.zeros(2, 32, 4, 4), torch.zeros(2, 32))
         >>> out.features.shape, len(out.intermediates)
         (torch.Size([2, 32, 4, 4]), 0)
@@ -580,7 +580,7 @@ class TSPPOutput(_TensorFieldsMixin):
         mask_logits: Per-class text-mask logits on the cost grid `(B, T, h, w)`.
         text_masks: One-hot argmax of `mask_logits`, the text masks `M^text` `(B, T, h, w)`.
 
-    Example:
+    Examples:
         >>> out = TSPPOutput(torch.rand(1, 4, 4), torch.randn(1, 2, 4, 4),
         ...                  torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.bool))
         >>> out.prob.shape
@@ -601,7 +601,7 @@ class InjectedGuidance(_TensorFieldsMixin):
         appearance: Appearance guidance for spatial aggregation `(B, D, h, w)` (`F_mcr`).
         decoder_guidance: Decoder guidance maps, one per upsampling stage, `(B, D_i, h_i, w_i)`.
 
-    Example:
+    Examples:
         >>> g = InjectedGuidance(torch.zeros(1, 8, 4, 4), [torch.zeros(1, 4, 8, 8)])
         >>> len(g.decoder_guidance)
         1
@@ -624,7 +624,7 @@ class SAMMIOutput(_TensorFieldsMixin):
         mask_valid: `(B, M)` bool, False at padding.
         tspp: The prompter's outputs (`TSPPOutput`), or None when TSPP is switched off.
 
-    Example:
+    Examples:
         >>> out = SAMMIOutput(torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 2),
         ...                   torch.ones(1, 3, dtype=torch.bool),
         ...                   torch.zeros(1, 3, 8, 8, dtype=torch.bool),

@@ -71,7 +71,7 @@ def to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
     Raises:
         ValueError: If the layout is not one of the above.
 
-    Example:
+    Examples:
         >>> to_uint8(torch.ones(3, 4, 5)).shape
         (4, 5, 3)
     """
@@ -119,7 +119,7 @@ def overlay_masks(
     Raises:
         ValueError: If the masks do not match the image size, or `alpha` is out of range.
 
-    Example:
+    Examples:
         >>> out = overlay_masks(torch.zeros(3, 4, 4), torch.eye(4, dtype=torch.bool)[None],
         ...                     alpha=1.0, colors=[(255, 0, 0)])
         >>> out[0, 0].tolist(), out[0, 1].tolist()
@@ -169,7 +169,7 @@ def draw_points(
     Raises:
         ValueError: If `points` is not `(N, 2)` or `labels` is not `(N,)`.
 
-    Example:
+    Examples:
         >>> out = draw_points(torch.zeros(3, 8, 8), torch.tensor([[2.0, 5.0]]), radius=0)
         >>> out[5, 2].tolist(), int(out.sum())
         ([0, 255, 0], 255)
@@ -207,7 +207,7 @@ def colorize_labels(
     Raises:
         ValueError: If `labels` is not `(H, W)` or holds negative ids.
 
-    Example:
+    Examples:
         >>> colorize_labels(torch.tensor([[0, 1]]), palette=[(1, 2, 3), (4, 5, 6)]).tolist()
         [[[1, 2, 3], [4, 5, 6]]]
     """
@@ -239,7 +239,7 @@ def make_grid(
     Raises:
         ValueError: If `images` is empty or `ncols < 1`.
 
-    Example:
+    Examples:
         >>> make_grid([torch.zeros(3, 4, 4)] * 3, ncols=2, pad=1).shape
         (11, 11, 3)
     """

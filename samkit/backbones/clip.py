@@ -55,7 +55,7 @@ class ClipBackbone(nn.Module):
         context_length: Text length `L` in tokens (77).
         num_vision_blocks: Number of vision transformer blocks.
 
-    Example:
+    Examples:
         >>> clip = build_clip_backbone("tiny")
         >>> clip.dense_features(torch.rand(2, 3, 48, 64), mode="surgery").shape
         torch.Size([2, 32, 6, 8])
@@ -432,7 +432,7 @@ def build_clip_backbone(
             pretrained tags such as `"openai"`, HF text towers) or `name` is unknown.
         FileNotFoundError: If `checkpoint` is a path that does not exist.
 
-    Example:
+    Examples:
         >>> clip = build_clip_backbone("tiny")
         >>> (clip.embed_dim, clip.vision_width, clip.patch_size, clip.image_size)
         (32, 64, 8, 32)
@@ -455,7 +455,7 @@ def similarity_map(features: Tensor, text: Tensor, *, eps: float = 1e-12) -> Ten
     Returns:
         `(B, N)` in `[0, 1]`.
 
-    Example:
+    Examples:
         >>> s = similarity_map(torch.randn(2, 16, 8), torch.randn(2, 8))
         >>> s.shape, float(s.amin()), float(s.amax())
         (torch.Size([2, 16]), 0.0, 1.0)

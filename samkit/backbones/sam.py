@@ -84,7 +84,7 @@ class SamLike(Protocol):
       batches; `K = N`.
     * `postprocess_masks(masks (..., 4h, 4w), input_size, original_size)` -> `(..., H, W)`.
 
-    Example:
+    Examples:
         >>> sam = build_sam_backbone("tiny")
         >>> isinstance(sam, SamLike)
         True
@@ -171,7 +171,7 @@ class SamBackbone(nn.Module):
     gradients, and returns the decoder's mask tokens. Numerically it equals
     `segment_anything.SamPredictor.predict_torch` on one image.
 
-    Example:
+    Examples:
         >>> sam = build_sam_backbone("tiny")
         >>> emb = sam.encode(torch.rand(2, 3, 96, 128))
         >>> emb.embeddings.shape
@@ -655,7 +655,7 @@ def build_sam_backbone(
         FileNotFoundError: If `checkpoint` does not exist.
         RuntimeError: If the checkpoint's keys or shapes do not match the variant.
 
-    Example:
+    Examples:
         >>> sam = build_sam_backbone("tiny")
         >>> sam.img_size, sam.prompt_dim, sam.embedding_size
         (128, 32, (16, 16))

@@ -113,7 +113,7 @@ class SyntheticReferringDataset(_SceneDataset):
     Item `i` is expression `i % expressions_per_scene` of scene `i // expressions_per_scene`;
     a fraction `no_target_fraction` of the expressions of every scene have no referent.
 
-    Example:
+    Examples:
         >>> ds = SyntheticReferringDataset(num_scenes=2, size=64, expressions_per_scene=4)
         >>> len(ds)
         8
@@ -186,7 +186,7 @@ class SyntheticReferringDataset(_SceneDataset):
 class SyntheticPanopticDataset(_SceneDataset):
     """Panoptic (and instance) segmentation: one item per scene.
 
-    Example:
+    Examples:
         >>> ds = SyntheticPanopticDataset(num_scenes=2, size=64, parts=True)
         >>> sample = ds[0]
         >>> sample.segment_masks.shape[1:], sample.part_masks.shape[1:]
@@ -248,7 +248,7 @@ class SyntheticPanopticDataset(_SceneDataset):
 class SyntheticSemanticDataset(_SceneDataset):
     """Semantic segmentation over `CLASS_NAMES`: one item per scene.
 
-    Example:
+    Examples:
         >>> ds = SyntheticSemanticDataset(num_scenes=3, size=32)
         >>> batch = collate_semantic([ds[0], ds[2]])
         >>> batch.semantic.shape, len(batch.class_names)

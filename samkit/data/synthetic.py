@@ -190,7 +190,7 @@ class Scene:
             one per stuff class present.
         expressions: Referring expressions about this scene.
 
-    Example:
+    Examples:
         >>> scene = generate_scene(0, size=64)
         >>> scene.image.shape, scene.semantic.shape
         (torch.Size([3, 64, 64]), torch.Size([64, 64]))

@@ -43,7 +43,7 @@ def box_l1_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") 
     Raises:
         ValueError: If the shapes differ or the last axis is not 4.
 
-    Example:
+    Examples:
         >>> box_l1_loss(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.4, 0.5, 0.2, 0.4]]))
         tensor(0.3000)
     """
@@ -74,7 +74,7 @@ def giou_loss(
     Raises:
         ValueError: If the shapes differ or the last axis is not 4.
 
-    Example:
+    Examples:
         >>> b = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
         >>> round(giou_loss(b, b).item(), 4), round(giou_loss(b, b + 0.5).item(), 4)
         (0.0, 1.4127)
@@ -90,7 +90,7 @@ def giou_loss(
 class BoxL1Loss(nn.Module):
     """Module form of `box_l1_loss`.
 
-    Example:
+    Examples:
         >>> BoxL1Loss()(torch.zeros(2, 4), torch.ones(2, 4))
         tensor(4.)
     """
@@ -112,7 +112,7 @@ class BoxL1Loss(nn.Module):
 class GIoULoss(nn.Module):
     """Module form of `giou_loss`.
 
-    Example:
+    Examples:
         >>> loss = GIoULoss(box_format="xyxy", reduction="none")
         >>> loss(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[0.0, 0, 2, 1]])).shape
         torch.Size([1])

@@ -82,7 +82,7 @@ def referring_loss(
     Raises:
         ValueError: On mismatched shapes or an unknown `empty_box`.
 
-    Example:
+    Examples:
         >>> t = torch.zeros(2, 1, 8, 8); t[0, :, 2:6, 2:6] = 1
         >>> boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])
         >>> out = referring_loss(torch.randn(2, 1, 8, 8), t, torch.rand(2, 4), boxes)
@@ -119,7 +119,7 @@ def referring_loss(
 class ReferringLoss(nn.Module):
     """Module form of `referring_loss` (weights and options fixed at construction).
 
-    Example:
+    Examples:
         >>> loss = ReferringLoss(l1_weight=0.0, giou_weight=0.0)
         >>> out = loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), torch.rand(1, 4),
         ...            torch.rand(1, 4))

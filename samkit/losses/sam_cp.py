@@ -161,7 +161,7 @@ def _affinity_terms(
 class SAMCPLoss(nn.Module):
     """Module form of `sam_cp_loss`.
 
-    Example:
+    Examples:
         >>> from samkit.types import PatchTargets, SAMCPOutput
         >>> out = SAMCPOutput(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2),
         ...                   torch.tensor([[[0.0, 0, 4, 4], [4.0, 0, 8, 4]]]),

@@ -48,7 +48,7 @@ def cost_aggregation_loss(
     Returns:
         The scalar loss.
 
-    Example:
+    Examples:
         >>> logits = torch.full((1, 2, 2, 2), -20.0); logits[0, 0] = 20.0
         >>> round(cost_aggregation_loss(logits, torch.zeros(1, 4, 4).long()).item(), 6)
         0.0
@@ -86,7 +86,7 @@ def tspp_loss(
     Returns:
         The scalar loss (0 contribution from the cross-entropy when every pixel is void).
 
-    Example:
+    Examples:
         >>> out = TSPPOutput(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 2, 2),
         ...                  torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bool))
         >>> labels = torch.zeros(1, 2, 2, dtype=torch.long)
@@ -110,7 +110,7 @@ class SAMMILoss(nn.Module):
     The TSPP targets are computed here from the labels (`tspp_targets` on the prompter's grid).
     After each call `last_terms` holds the float values of `ce`, `tspp` and `total`.
 
-    Example:
+    Examples:
         >>> from samkit.types import SAMMIOutput
         >>> tspp = TSPPOutput(torch.rand(1, 4, 4), torch.randn(1, 2, 4, 4),
         ...                   torch.randn(1, 2, 2, 2), torch.zeros(1, 2, 2, 2, dtype=torch.bool))

@@ -65,7 +65,7 @@ def sigmoid_focal_loss(
     Raises:
         ValueError: If the shapes differ or `reduction` is unknown.
 
-    Example:
+    Examples:
         >>> sigmoid_focal_loss(torch.zeros(2, 4), torch.ones(2, 4)).item() > 0
         True
     """
@@ -100,7 +100,7 @@ def dice_loss(
     Raises:
         ValueError: If the shapes differ or there are fewer than `spatial_dims` axes.
 
-    Example:
+    Examples:
         >>> t = torch.zeros(1, 4, 4); t[0, :2] = 1
         >>> round(dice_loss(torch.where(t > 0, 20.0, -20.0), t).item(), 4)
         0.0
@@ -146,7 +146,7 @@ def pairwise_dice_loss(logits: Tensor, targets: Tensor, *, eps: float = 1.0) -> 
 class SigmoidFocalLoss(nn.Module):
     """Module form of `sigmoid_focal_loss`.
 
-    Example:
+    Examples:
         >>> SigmoidFocalLoss()(torch.zeros(3), torch.ones(3)).shape
         torch.Size([])
     """
@@ -176,7 +176,7 @@ class SigmoidFocalLoss(nn.Module):
 class DiceLoss(nn.Module):
     """Module form of `dice_loss`.
 
-    Example:
+    Examples:
         >>> DiceLoss()(torch.zeros(2, 4, 4), torch.ones(2, 4, 4)).shape
         torch.Size([])
     """

@@ -45,7 +45,7 @@ def _rle(mask: Tensor) -> dict[str, Any]:
 class MaskAP:
     """Streaming COCO mask AP (AP@[.5:.95], AP50, AP75, AP small/medium/large) via `COCOeval`.
 
-    Example:
+    Examples:
         >>> metric = MaskAP()
         >>> m = torch.zeros(1, 8, 8, dtype=torch.bool); m[0, 2:6, 2:6] = True
         >>> metric.update(m, torch.tensor([0.9]), torch.tensor([0]), m, torch.tensor([0]))

@@ -57,7 +57,7 @@ class PanopticQuality:
     Segment lists are sequences of dicts (or objects) with `id`, `category_id` and optionally
     `iscrowd`; pixel id 0, and any id missing from a list, is void.
 
-    Example:
+    Examples:
         >>> pq = PanopticQuality(things=[0], stuff=[1])
         >>> gt = torch.tensor([[1, 1], [2, 2]])
         >>> segs = [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 1}]
@@ -190,7 +190,7 @@ def panoptic_quality(
 ) -> dict[str, dict[str, float]]:
     """PQ / SQ / RQ of one image; see `PanopticQuality`.
 
-    Example:
+    Examples:
         >>> gt = torch.tensor([[1, 1, 1, 1]])
         >>> pred = torch.tensor([[1, 1, 1, 0]])
         >>> seg = [{"id": 1, "category_id": 0}]

@@ -63,7 +63,7 @@ def to_sam_padded_frame(masks: Tensor, *, long_side: int = 1024, frame_size: int
     Returns:
         Bool masks `(B, frame_size, frame_size)`.
 
-    Example:
+    Examples:
         >>> to_sam_padded_frame(torch.ones(1, 4, 2, dtype=torch.bool), frame_size=8).sum().item()
         32
     """
@@ -91,7 +91,7 @@ def has_target_from_mask(
     Returns:
         `(B,)` bool.
 
-    Example:
+    Examples:
         >>> has_target_from_mask(torch.tensor([[[-1.0, 2.0]], [[-1.0, -3.0]]]))
         tensor([ True, False])
     """
@@ -117,7 +117,7 @@ def referring_iou(
     Raises:
         ValueError: If the shapes differ.
 
-    Example:
+    Examples:
         >>> p = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]]).bool()
         >>> g = torch.tensor([[[0, 1, 1, 0]], [[0, 0, 0, 0]]]).bool()
         >>> referring_iou(p, g)[2]
@@ -143,7 +143,7 @@ class ReferringMetrics:
 
     Only counters are kept, so arbitrarily large splits can be evaluated.
 
-    Example:
+    Examples:
         >>> m = ReferringMetrics()
         >>> m.update(torch.ones(2, 4, 4, dtype=torch.bool), torch.ones(2, 4, 4, dtype=torch.bool))
         >>> m.update(torch.zeros(1, 4, 4, dtype=torch.bool), torch.zeros(1, 4, 4, dtype=torch.bool))
@@ -260,7 +260,7 @@ def referring_metrics(preds: Tensor, targets: Tensor, **kwargs: object) -> dict[
     Returns:
         The dict of `ReferringMetrics.compute`.
 
-    Example:
+    Examples:
         >>> r = referring_metrics(torch.zeros(1, 2, 2), torch.ones(1, 2, 2))
         >>> r["giou"], r["t_acc"]
         (0.0, 0.0)

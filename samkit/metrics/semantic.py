@@ -45,7 +45,7 @@ def confusion_matrix(
     Raises:
         ValueError: If the label maps do not share `(B, H, W)`.
 
-    Example:
+    Examples:
         >>> confusion_matrix(torch.tensor([[[0, 1]]]), torch.tensor([[[0, 0]]]), num_classes=2)
         tensor([[1, 1],
                 [0, 0]])
@@ -95,7 +95,7 @@ def mean_iou(
         The mIoU as a float64 scalar over classes present in prediction or ground truth (0 when no
         valid pixel exists), and optionally the per-class IoU.
 
-    Example:
+    Examples:
         >>> p = torch.tensor([[[0, 0], [1, 1]]])
         >>> t = torch.tensor([[[0, 1], [1, 1]]])
         >>> round(float(mean_iou(p, t, num_classes=2)), 4)  # (1/2 + 2/3) / 2
@@ -111,7 +111,7 @@ class SemanticIoU(nn.Module):
 
     The matrix is a buffer, so `.to(device)` moves it and `state_dict` saves it.
 
-    Example:
+    Examples:
         >>> metric = SemanticIoU(num_classes=3)
         >>> metric.update(torch.tensor([[[0, 1, 2]]]), torch.tensor([[[0, 1, 1]]]))
         >>> metric.update(torch.tensor([[[2, 2, 2]]]), torch.tensor([[[2, 255, 2]]]))

@@ -65,7 +65,7 @@ def semantic_instance_attention_mask(
     Returns:
         Bool mask `(S + N, S + N)`.
 
-    Example:
+    Examples:
         >>> semantic_instance_attention_mask(2, 1).int()
         tensor([[0, 1, 0],
                 [1, 0, 0],
@@ -87,7 +87,7 @@ class AffinityHead(nn.Module):
     one map, divided by `exp(logit_scale)` and shifted by a per-patch bias
     `<patch, bias_lang> + bias0` (bias0 from a 0.01 prior).
 
-    Example:
+    Examples:
         >>> head = AffinityHead(dim=16, num_heads=4, ffn_dim=32)
         >>> head(torch.randn(2, 3, 16), torch.randn(2, 5, 16)).shape
         torch.Size([2, 3, 5])
@@ -156,7 +156,7 @@ class AffinityDecoderLayer(nn.Module):
     `q <- LN2(FFN(q))` (spec section 3.2). Rows of an attention mask that block every key are
     unblocked so padded queries never produce NaNs.
 
-    Example:
+    Examples:
         >>> layer = AffinityDecoderLayer(dim=16, num_heads=4, ffn_dim=32)
         >>> q, a = layer(torch.randn(1, 3, 16), torch.randn(1, 3, 16), torch.randn(1, 4, 16),
         ...              torch.randn(1, 4, 16))
@@ -244,7 +244,7 @@ class SemanticQueryEmbedding(nn.Module):
 
     Follows SAM-CP, spec section 3.1 (`semantic_fc`, `semantic_norm`, `semantic_reference_fc`).
 
-    Example:
+    Examples:
         >>> q, ref = SemanticQueryEmbedding(text_dim=8, dim=16)(torch.randn(5, 8))
         >>> q.shape, ref.shape
         (torch.Size([5, 16]), torch.Size([5, 4]))
@@ -278,7 +278,7 @@ class AffinityDecoder(nn.Module):
     `query_enhancer`) the query is averaged with the RoI embedding of its merged box. Follows
     SAM-CP, spec section 3.4.
 
-    Example:
+    Examples:
         >>> dec = AffinityDecoder(dim=16, num_heads=4, ffn_dim=32, num_layers=2)
         >>> out = dec(torch.randn(1, 5, 16), torch.rand(1, 5, 4), torch.randn(1, 3, 16),
         ...           torch.randn(1, 3, 16), torch.rand(1, 3, 4), num_semantic=2)
@@ -429,7 +429,7 @@ def compose_queries(
         `(queries (B, S + N, D), reference boxes (B, S + N, 4), normalised patch boxes
         (B, N, 4) as (x0, y0, x1, y1))`.
 
-    Example:
+    Examples:
         >>> q, ref, nb = compose_queries(torch.zeros(2, 8), torch.rand(2, 4), torch.zeros(1, 3, 8),
         ...                              torch.tensor([[[0.0, 0, 4, 4]] * 3]), (8, 8))
         >>> q.shape, ref[0, 2].tolist()

@@ -69,7 +69,7 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
     Returns:
         Scores `(N_s, K)` in `[0, 1]` (float32).
 
-    Example:
+    Examples:
         >>> sam = torch.zeros(1, 4, 4, dtype=torch.bool); sam[0, :, :3] = True
         >>> text = torch.tensor([[[1, 0], [1, 0]], [[0, 1], [0, 1]]]).bool()
         >>> mask_text_overlap(sam, text, eps=0.0)
@@ -106,7 +106,7 @@ def match_masks_to_text(
     Returns:
         Text-mask index per SAM mask `(N_s,)` (long), -1 where none.
 
-    Example:
+    Examples:
         >>> sam = torch.zeros(2, 4, 4, dtype=torch.bool); sam[0, :, :3] = True; sam[1, :, 2:] = 1
         >>> text = torch.tensor([[[1, 0], [1, 0]], [[0, 1], [0, 1]]]).bool()
         >>> match_masks_to_text(sam, text).tolist()
@@ -145,7 +145,7 @@ def shallow_mask_aggregation(
     Returns:
         Aggregated masks `(N_m, H, W)` (bool, `N_m <= N_s`), and the index `(N_s,)` if asked.
 
-    Example:
+    Examples:
         >>> sam = torch.zeros(3, 4, 4, dtype=torch.bool)
         >>> sam[0, :2, :2] = sam[1, 2:, :2] = sam[2, :, 2:] = True
         >>> text = torch.tensor([[[1, 0], [1, 0]], [[0, 0], [0, 0]]]).bool()
@@ -181,7 +181,7 @@ def pad_masks(masks: list[Tensor]) -> Tensor:
     Returns:
         `(B, N, H, W)` bool; padded slots are all False (a zero-area mask means "no mask").
 
-    Example:
+    Examples:
         >>> pad_masks([torch.ones(2, 3, 3, dtype=torch.bool), torch.ones(0, 3, 3).bool()]).shape
         torch.Size([2, 2, 3, 3])
     """
@@ -197,7 +197,7 @@ def pad_masks(masks: list[Tensor]) -> Tensor:
 class ShallowMaskAggregator(nn.Module):
     """Batched, padded `shallow_mask_aggregation` (parameter-free).
 
-    Example:
+    Examples:
         >>> agg = ShallowMaskAggregator(alpha=0.5)
         >>> sam = torch.zeros(2, 3, 8, 8, dtype=torch.bool); sam[:, 0, :4] = sam[:, 1, 4:] = True
         >>> text = torch.zeros(2, 2, 2, 2, dtype=torch.bool); text[:, 0] = True

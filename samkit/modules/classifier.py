@@ -34,7 +34,7 @@ class VisionLanguageClassifier(nn.Module):
     from a 0.01 prior; logits are clamped to +-50000. Follows SAM-CP, spec section 4 (one linear
     shared by all decoder layers).
 
-    Example:
+    Examples:
         >>> clf = VisionLanguageClassifier(dim=16, text_dim=8)
         >>> clf(torch.randn(2, 5, 16), torch.randn(3, 8)).shape
         torch.Size([2, 5, 3])
@@ -98,7 +98,7 @@ def geometric_ensemble(learned: Tensor, clip: Tensor, *, kappa: float = 0.4) -> 
     Returns:
         Mixed probabilities, same shape.
 
-    Example:
+    Examples:
         >>> geometric_ensemble(torch.tensor([0.25]), torch.tensor([1.0]), kappa=0.5)
         tensor([0.5000])
     """
@@ -117,7 +117,7 @@ class MaskPooledClipClassifier(nn.Module):
     L2-normalised and compared with the normalised text embeddings; a softmax over classes at
     `temperature` gives probabilities. It has no trainable parameters.
 
-    Example:
+    Examples:
         >>> clf = MaskPooledClipClassifier()
         >>> clf(torch.randn(1, 8, 4, 4), torch.ones(1, 2, 16, 16), torch.randn(3, 8)).shape
         torch.Size([1, 2, 3])
@@ -159,7 +159,7 @@ class OpenVocabularyEnsemble(nn.Module):
     `p = sigmoid(learned_logits)^(1 - kappa) * p_clip^kappa` with `kappa = 0.4`. This follows the
     paper's description (its Table on kappa); the released code does not contain the ensemble.
 
-    Example:
+    Examples:
         >>> ens = OpenVocabularyEnsemble()
         >>> p = ens(torch.zeros(1, 2, 3), torch.randn(1, 8, 4, 4), torch.ones(1, 2, 8, 8),
         ...         torch.randn(3, 8))

@@ -50,7 +50,7 @@ def cost_volume(features: Tensor, text: Tensor) -> Tensor:
     Returns:
         The cost volume `(B, T, h, w)` in `[-1, 1]`.
 
-    Example:
+    Examples:
         >>> cost_volume(torch.randn(2, 8, 4, 4), torch.randn(3, 8)).shape
         torch.Size([2, 3, 4, 4])
     """
@@ -72,7 +72,7 @@ def select_top_classes(cost: Tensor, k: int) -> Tensor:
     Returns:
         Class indices `(B, k)`, in ascending class order.
 
-    Example:
+    Examples:
         >>> c = torch.zeros(1, 4, 2, 2); c[0, 2, 0, 0] = 1; c[0, 0, 1, 1] = 0.5
         >>> select_top_classes(c, 2)
         tensor([[0, 2]])
@@ -88,7 +88,7 @@ class CostEmbedding(nn.Module):
     `kind="conv"` is CAT-Seg's 7x7 convolution applied per class; `kind="mlp"` is a per-pixel
     two-layer MLP (1 -> D -> D), the literal reading of SAM-MI's figure.
 
-    Example:
+    Examples:
         >>> CostEmbedding(dim=16)(torch.randn(2, 3, 8, 8)).shape
         torch.Size([2, 16, 3, 8, 8])
     """
@@ -134,7 +134,7 @@ class CostAggregator(nn.Module):
     With `pad_len > 0` and more than `pad_len` classes, each image keeps its `pad_len`
     highest-cost classes and the dropped ones get logit `-100`, as in the reference.
 
-    Example:
+    Examples:
         >>> agg = CostAggregator(feature_dim=8, vision_width=12, dim=16, num_heads=2,
         ...                      window_size=4, guidance_dim=8, text_guidance_dim=8,
         ...                      decoder_dims=(8, 8), tap_dims=(8, 8),
@@ -332,7 +332,7 @@ def sliding_window_inference(
     Returns:
         Class probabilities `(B, T, H, W)`.
 
-    Example:
+    Examples:
         >>> fn = lambda x: x[:, :2, ::4, ::4]
         >>> sliding_window_inference(fn, torch.rand(1, 3, 50, 60), window=32, stride=16,
         ...                          size=64).shape

@@ -45,7 +45,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> T
     Returns:
         The attended values `(..., L, E, C_v)`.
 
-    Example:
+    Examples:
         >>> linear_attention(torch.randn(2, 5, 4, 8), torch.randn(2, 7, 4, 8),
         ...                  torch.randn(2, 7, 4, 8)).shape
         torch.Size([2, 5, 4, 8])
@@ -93,7 +93,7 @@ class GuidedSwinBlock(nn.Module):
     Grids that the window does not divide are zero-padded bottom/right and the padding is masked
     out of the attention, so any `(h, w)` works; the window shrinks to `min(h, w)` on tiny grids.
 
-    Example:
+    Examples:
         >>> blk = GuidedSwinBlock(dim=16, guidance_dim=8, num_heads=2, window_size=4, shift=2)
         >>> blk(torch.randn(3, 16, 6, 6), torch.randn(3, 8, 6, 6)).shape
         torch.Size([3, 16, 6, 6])
@@ -179,7 +179,7 @@ class SpatialAggregation(nn.Module):
 
     The appearance guidance is shared by all classes and layer-normalised once.
 
-    Example:
+    Examples:
         >>> agg = SpatialAggregation(dim=16, guidance_dim=8, num_heads=2, window_size=4)
         >>> agg(torch.randn(2, 16, 3, 8, 8), torch.randn(2, 8, 8, 8)).shape
         torch.Size([2, 16, 3, 8, 8])
@@ -236,7 +236,7 @@ class ClassAggregation(nn.Module):
     added to the input again, so with pooling `(1, 1)` the layer returns `2x + delta`; without it
     the layer returns `x + upsample(delta)`. Class permutations permute the output.
 
-    Example:
+    Examples:
         >>> agg = ClassAggregation(dim=16, guidance_dim=8, num_heads=2, pad_len=6)
         >>> agg(torch.randn(2, 16, 3, 8, 8), torch.randn(2, 3, 8)).shape
         torch.Size([2, 16, 3, 8, 8])

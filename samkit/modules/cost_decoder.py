@@ -48,7 +48,7 @@ class _UpStage(nn.Module):
 class UpsamplingDecoder(nn.Module):
     """Upsample `(B, D, T, h, w)` cost embeddings by `2 ** len(dims)` into `(B, T, H', W')` logits.
 
-    Example:
+    Examples:
         >>> dec = UpsamplingDecoder(dim=16, dims=(8, 4), guidance_dims=(4, 2))
         >>> g = [torch.randn(2, 4, 12, 12), torch.randn(2, 2, 24, 24)]
         >>> dec(torch.randn(2, 16, 3, 6, 6), g).shape

@@ -44,7 +44,7 @@ def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     Returns:
         `(B, M, h, w)` float in `[0, 1]`; exact area fractions when `H, W` are multiples of `h, w`.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 1, 4, 4); m[..., :2, :] = 1
         >>> resize_masks(m, (2, 2))[0, 0]
         tensor([[1., 1.],
@@ -73,7 +73,7 @@ def boundary_encoding(masks: Tensor, size: tuple[int, int]) -> Tensor:
     Returns:
         `(B, 3, h, w)` float.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 2, 8, 8); m[:, 0, :, :4] = 1; m[:, 1, :, 4:] = 1
         >>> enc = boundary_encoding(m, (8, 8))
         >>> enc[0, 0].min().item(), enc[0, 1, 0].tolist()
@@ -101,7 +101,7 @@ class LowFrequencyInjection(nn.Module):
     Zero-area masks are excluded from the attention; a pixel with no mask to attend gets
     `F_inter = 0`.
 
-    Example:
+    Examples:
         >>> low = LowFrequencyInjection(dim=16, num_heads=2)
         >>> masks = torch.zeros(2, 3, 32, 32, dtype=torch.bool); masks[0, 0, :16] = True
         >>> low(torch.randn(2, 16, 8, 8), masks).shape
@@ -171,7 +171,7 @@ class HighFrequencyInjection(nn.Module):
     (default `boundary_encoding`, `E = 3`); `proj` is a two-layer 1x1-conv MLP; `gamma` is a
     learnable per-channel scale initialised to 1.
 
-    Example:
+    Examples:
         >>> high = HighFrequencyInjection(dim=8, hidden_dim=4)
         >>> high(torch.randn(2, 8, 16, 16), torch.zeros(2, 0, 16, 16, dtype=torch.bool)).shape
         torch.Size([2, 8, 16, 16])
@@ -227,7 +227,7 @@ class DecoupledMaskInjection(nn.Module):
     Either half can be switched off (`None`), which reproduces the paper's ablations: the
     corresponding guidance passes through unchanged.
 
-    Example:
+    Examples:
         >>> dmi = DecoupledMaskInjection(low=LowFrequencyInjection(dim=16, num_heads=2),
         ...     high=[HighFrequencyInjection(dim=8, hidden_dim=4)])
         >>> masks = torch.ones(1, 2, 32, 32, dtype=torch.bool)

@@ -35,7 +35,7 @@ def masked_phrase_attention(scores: Tensor, padding_mask: Tensor, *, eps: float 
     Returns:
         Weights `(B, L)`: zero at padding, summing to one over the valid tokens.
 
-    Example:
+    Examples:
         >>> pad = torch.tensor([[False, False, True, True]])
         >>> masked_phrase_attention(torch.zeros(1, 4), pad)
         tensor([[0.5000, 0.5000, 0.0000, 0.0000]])
@@ -65,7 +65,7 @@ class LinguisticAttentionAdapter(nn.Module):
     unmasked: its backward direction starts inside the padding (spec §8.14). The checkpoint
     loader for the released weights sets it.
 
-    Example:
+    Examples:
         >>> lad = LinguisticAttentionAdapter(text_dim=16, dim=8)
         >>> out = lad(torch.randn(2, 6, 16), torch.tensor([[False] * 4 + [True] * 2] * 2))
         >>> out.words.shape, out.sentence.shape, out.weights.shape

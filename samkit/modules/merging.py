@@ -44,7 +44,7 @@ def normalize_affinity(affinity: Tensor, padding_mask: Tensor | None = None) -> 
     Returns:
         Normalised affinities in `[0, 1]`, `(..., K, N)`.
 
-    Example:
+    Examples:
         >>> normalize_affinity(torch.tensor([[0.0, 2.0, -2.0]]))
         tensor([[0.5000, 1.0000, 0.0000]])
     """
@@ -88,7 +88,7 @@ def merge_patches(
     Raises:
         ValueError: If the shapes disagree.
 
-    Example:
+    Examples:
         >>> masks = torch.zeros(1, 2, 4, 4, dtype=torch.bool); masks[0, 0, :2] = True
         >>> masks[0, 1, 2:] = True
         >>> merge_patches(torch.tensor([[[3.0, -3.0], [2.0, 2.0]]]), masks).sum((-1, -2))
@@ -123,7 +123,7 @@ def merge_boxes(
     Returns:
         Merged boxes `(B, K, 4)`, `(x0, y0, x1, y1)`.
 
-    Example:
+    Examples:
         >>> boxes = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 4.0, 3.0]]])
         >>> merge_boxes(torch.tensor([[[5.0, 5.0]]]), boxes)
         tensor([[[0., 0., 4., 3.]]])
@@ -167,7 +167,7 @@ def query_candidates(
     Returns:
         `(scores (K,), labels (K,), valid (K,))`.
 
-    Example:
+    Examples:
         >>> probs = torch.tensor([[0.1, 0.2, 0.9], [0.7, 0.3, 0.5]])
         >>> s, l, v = query_candidates(probs, torch.tensor([[2.0], [-2.0]]), num_semantic=1,
         ...                            num_things=2)
@@ -201,7 +201,7 @@ def select_instances(
     Returns:
         `(masks (M, H, W), scores (M,), labels (M,))`, sorted by decreasing score.
 
-    Example:
+    Examples:
         >>> masks = torch.ones(1, 2, 2, dtype=torch.bool)
         >>> m, s, l = select_instances(torch.tensor([[0.9, 0.1]]), masks, max_per_image=1)
         >>> s, l
@@ -224,7 +224,7 @@ class PanopticFusion(nn.Module):
     kept-area ratio counts only pixels inside the candidate's own mask (the reference also counts
     pixels where every probability is 0, which all go to candidate 0).
 
-    Example:
+    Examples:
         >>> fusion = PanopticFusion(num_things=1)
         >>> masks = torch.zeros(2, 4, 4, dtype=torch.bool); masks[0, :2] = True; masks[1, 2:] = True
         >>> out = fusion(torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), masks)

@@ -55,7 +55,7 @@ def box_sine_embedding(
     Returns:
         Embeddings `(..., 4 * num_feats)`.
 
-    Example:
+    Examples:
         >>> box_sine_embedding(torch.rand(2, 3, 4), num_feats=8).shape
         torch.Size([2, 3, 32])
     """
@@ -78,7 +78,7 @@ def roi_levels(boxes: Tensor, *, num_levels: int, finest_scale: float = 56.0) ->
     Returns:
         Level index per box `(N,)` (long) in `[0, num_levels)`.
 
-    Example:
+    Examples:
         >>> boxes = torch.tensor([[0.0, 0.0, 50.0, 50.0], [0.0, 0.0, 400.0, 400.0]])
         >>> roi_levels(boxes, num_levels=4)
         tensor([0, 2])
@@ -91,7 +91,7 @@ def roi_levels(boxes: Tensor, *, num_levels: int, finest_scale: float = 56.0) ->
 class ResidualFFN(nn.Module):
     """mmcv-style FFN with identity residual: `x + W2 relu(W1 x + b1) + b2`.
 
-    Example:
+    Examples:
         >>> ResidualFFN(dim=8, hidden_dim=16)(torch.randn(2, 3, 8)).shape
         torch.Size([2, 3, 8])
     """
@@ -129,7 +129,7 @@ class PostNormSelfAttentionLayer(nn.Module):
 
     `x <- LN(x + MHA(x + pos, x + pos, x)); x <- LN(FFN(x))` with an identity-residual FFN.
 
-    Example:
+    Examples:
         >>> layer = PostNormSelfAttentionLayer(dim=8, num_heads=2, ffn_dim=16)
         >>> layer(torch.randn(2, 5, 8), torch.randn(2, 5, 8)).shape
         torch.Size([2, 5, 8])
@@ -180,7 +180,7 @@ class TinyFeaturePyramid(_Normalize):
     Images in `[0, 1]` are ImageNet-normalised, then each level is a 3x3 stride-2 conv, a norm
     layer and ReLU.
 
-    Example:
+    Examples:
         >>> [f.shape[-1] for f in TinyFeaturePyramid(dim=8)(torch.rand(1, 3, 64, 64))]
         [16, 8, 4, 2]
     """
@@ -226,7 +226,7 @@ class TinyFeaturePyramid(_Normalize):
 class ResNetFPN(_Normalize):
     """torchvision ResNet + FPN feature pyramid (strides 4, 8, 16, 32), the SAM-CP default.
 
-    Example:
+    Examples:
         >>> net = ResNetFPN(depth=18, out_channels=16)
         >>> [f.shape[1] for f in net(torch.rand(1, 3, 64, 64))]
         [16, 16, 16, 16]
@@ -275,7 +275,7 @@ class TimmFPN(_Normalize):
 
     Built with `pretrained=False` (load weights separately, never downloaded).
 
-    Example:
+    Examples:
         >>> net = TimmFPN(model_name="resnet18", out_channels=16)
         >>> len(net(torch.rand(1, 3, 64, 64)))
         4
@@ -325,7 +325,7 @@ class PatchEncoder(nn.Module):
     tokens of one image. Handles a variable number of patches per image through `padding_mask`,
     including images (or batches) with zero patches. Follows SAM-CP, spec section 2.
 
-    Example:
+    Examples:
         >>> enc = PatchEncoder(dim=16, num_heads=2, ffn_dim=32, mlp_dim=32, num_layers=1)
         >>> feats = [torch.randn(1, 16, 16, 16), torch.randn(1, 16, 8, 8)]
         >>> masks = torch.zeros(1, 3, 64, 64, dtype=torch.bool); masks[:, :, 8:40, 8:40] = True

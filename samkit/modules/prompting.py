@@ -34,7 +34,7 @@ __all__ = [
 class MLP(nn.Module):
     """DETR-style MLP: `num_layers` Linear layers with ReLU between them (none after the last).
 
-    Example:
+    Examples:
         >>> MLP(in_dim=4, hidden_dim=8, out_dim=2, num_layers=3)(torch.randn(5, 4)).shape
         torch.Size([5, 2])
     """
@@ -71,7 +71,7 @@ class TanhFusion(nn.Module):
     Follows SSP-SAM, spec §2.4: an element-wise product broadcast over the tokens, then a plain
     projection (no activation or norm) to the prompt width.
 
-    Example:
+    Examples:
         >>> TanhFusion(dim=8, out_dim=4)(torch.randn(2, 9, 8), torch.randn(2, 8)).shape
         torch.Size([2, 9, 4])
     """
@@ -110,7 +110,7 @@ class PostNormEncoderLayer(nn.Module):
     `q = k = x + pos`; `x = LN1(x + SelfAttn(q, k, x))`; `x = LN2(x + W2 act(W1 x))`.
     Attribute names (`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`) are DETR's.
 
-    Example:
+    Examples:
         >>> layer = PostNormEncoderLayer(dim=8, num_heads=2, mlp_dim=16)
         >>> layer(torch.randn(2, 5, 8), torch.randn(5, 8)).shape
         torch.Size([2, 5, 8])
@@ -153,7 +153,7 @@ class SemanticSpatialPromptEncoder(nn.Module):
     `(cx, cy, w, h)` box (the auxiliary REC head). Token embeddings start as N(0, 1), encoder
     weights as Xavier-uniform, as in the reference.
 
-    Example:
+    Examples:
         >>> enc = SemanticSpatialPromptEncoder(dim=8, num_prompts=3, num_tokens=4, depth=1,
         ...                                    num_heads=2, mlp_dim=16)
         >>> out = enc(torch.randn(2, 4, 8))

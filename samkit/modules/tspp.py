@@ -46,7 +46,7 @@ def masks_from_labels(labels: Tensor, num_classes: int, *, ignore_index: int = 2
     Returns:
         Masks `(B, T, H, W)` (bool); classes that are absent give empty masks.
 
-    Example:
+    Examples:
         >>> masks_from_labels(torch.tensor([[[0, 1], [255, 1]]]), 2)[0, 1]
         tensor([[False,  True],
                 [False,  True]])
@@ -114,7 +114,7 @@ def tspp_targets(
     Returns:
         Targets `(B, g, g)` in `[0, 1]` (or `(B, K, g, g)` with `return_per_mask`).
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 1, 64, 64, dtype=torch.bool); m[0, 0, 8:40, 8:40] = True
         >>> t = tspp_targets(m, grid=16)
         >>> round(float(t.sum()), 4), float(t[0, 0, 0])  # 64 cells -> ceil(64 / 5) capped at 10
@@ -154,7 +154,7 @@ def grid_points(
     Returns:
         Points `(g * g, 2)` as `(x, y)` pixels; cell `(i, j)` is row `i * g + j`.
 
-    Example:
+    Examples:
         >>> grid_points(2, (100, 200))
         tensor([[ 50.,  25.],
                 [150.,  25.],
@@ -194,7 +194,7 @@ def sample_points(
         `points (B, N, 2)` as `(x, y)` in SAM's input frame and `valid (B, N)` (bool), in
         row-major cell order; `N` is the largest count in the batch (0 if nothing was drawn).
 
-    Example:
+    Examples:
         >>> prob = torch.zeros(2, 4, 4); prob[0, 1, 2] = 1.0; prob[1, 3, 0] = prob[1, 0, 0] = 1.0
         >>> pts, valid = sample_points(prob, (64, 64))
         >>> pts[0, 0].tolist(), valid.tolist()
@@ -231,7 +231,7 @@ class TextGuidedSparsePointPrompter(nn.Module):
     default for the paper's open point) or of the mean (`"mean"`). Permuting the classes permutes
     the mask logits and leaves the probability map unchanged.
 
-    Example:
+    Examples:
         >>> tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8)
         >>> out = tspp(torch.randn(2, 3, 6, 6))
         >>> out.prob.shape, out.mask_logits.shape, out.text_masks.dtype
@@ -323,7 +323,7 @@ def expected_points(prob: Tensor) -> Tensor:
     Returns:
         `(B,)`.
 
-    Example:
+    Examples:
         >>> expected_points(torch.full((1, 4, 4), 0.5))
         tensor([8.])
     """

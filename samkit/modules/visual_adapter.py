@@ -55,7 +55,7 @@ def normalize_clip_tokens(
     Raises:
         ValueError: On bad shapes, an unknown `axis`, or `axis="token"` without `cls`.
 
-    Example:
+    Examples:
         >>> p = normalize_clip_tokens(torch.randn(2, 9, 4), torch.randn(2, 4), axis="token")
         >>> p.shape
         torch.Size([2, 9, 4])
@@ -83,7 +83,7 @@ def clip_patch_tokens(features: Tensor, cls: Tensor, *, axis: TokenNorm = "chann
     Returns:
         Patch tokens `(B, h * w, C)`, row-major over the grid.
 
-    Example:
+    Examples:
         >>> clip_patch_tokens(torch.randn(2, 4, 3, 5), torch.randn(2, 4)).shape
         torch.Size([2, 15, 4])
     """
@@ -109,7 +109,7 @@ def letterbox(
     Returns:
         The canvas `(B, 3, S, S)`.
 
-    Example:
+    Examples:
         >>> letterbox(torch.ones(1, 3, 8, 4), size=4).sum().item()
         24.0
     """
@@ -146,7 +146,7 @@ def canvas_boxes(
     Returns:
         Boxes `(..., 4)` in `[0, 1]`.
 
-    Example:
+    Examples:
         >>> canvas_boxes(torch.tensor([[0.0, 0.0, 4.0, 2.0]]), (4, 8), size=8)
         tensor([[0.2500, 0.3750, 0.5000, 0.2500]])
     """
@@ -179,7 +179,7 @@ class VisualAttentionAdapter(nn.Module):
     and `sigma` (init 0.5). `gate="cosine"` uses `c` itself as the gate (the paper's
     "w/o Gaussian" ablation).
 
-    Example:
+    Examples:
         >>> vad = VisualAttentionAdapter(visual_dim=12, dim=8, num_heads=2)
         >>> v = vad(torch.randn(2, 9, 12), torch.rand(2, 9), torch.randn(2, 5, 8),
         ...         torch.zeros(2, 5, dtype=torch.bool))

@@ -24,7 +24,7 @@ SYSTEMS: dict[str, Callable[..., nn.Module]] = {
 def list_systems() -> list[str]:
     """Names accepted by `build_system`, sorted.
 
-    Example:
+    Examples:
         >>> list_systems()
         ['sam_cp', 'sam_mi', 'ssp_sam']
     """
@@ -45,7 +45,7 @@ def build_system(name: str, cfg: Any = None, **overrides: Any) -> nn.Module:
     Raises:
         ValueError: For an unknown system name.
 
-    Example:
+    Examples:
         >>> model = build_system("ssp_sam", "tiny")
         >>> type(model).__name__
         'SSPSAM'

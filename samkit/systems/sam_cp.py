@@ -68,7 +68,7 @@ COCO_STUFF_CLASSES: tuple[str, ...] = (
 class SAMCPConfig:
     """SAM-CP hyper-parameters; the defaults are the paper / released-config setting.
 
-    Example:
+    Examples:
         >>> cfg = SAMCPConfig.tiny()
         >>> cfg.dim, cfg.decoder_layers, len(SAMCPConfig().thing_classes)
         (32, 2, 80)
@@ -144,7 +144,7 @@ class SAMCP(nn.Module):
     `forward` returns per-layer affinities and class logits for training; `predict` returns
     panoptic, instance and semantic results at the original size.
 
-    Example:
+    Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False).eval()
         >>> from samkit.proposals import patches_from_masks
         >>> masks = torch.zeros(3, 64, 64, dtype=torch.bool)
@@ -360,7 +360,7 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     Returns:
         The `SAMCP` module (random weights unless checkpoints are given in the config).
 
-    Example:
+    Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False, decoder_layers=1)
         >>> model.config.decoder_layers
         1

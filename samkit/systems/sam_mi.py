@@ -40,7 +40,7 @@ __all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
 class SAMMIConfig:
     """SAM-MI hyper-parameters; the defaults are the paper's setting (ViT-B/16 CLIP, SAM ViT-H).
 
-    Example:
+    Examples:
         >>> cfg = SAMMIConfig.tiny()
         >>> cfg.clip_name, cfg.sam_variant, cfg.grid, SAMMIConfig().alpha
         ('tiny', 'tiny', 32, 0.5)
@@ -124,7 +124,7 @@ class SAMMIConfig:
 class SAMMI(nn.Module):
     """The SAM-MI model (see the module docstring for the data flow).
 
-    Example:
+    Examples:
         >>> model = build_sam_mi("tiny").eval()
         >>> with torch.no_grad():
         ...     out = model(torch.rand(1, 3, 64, 64), ["circle", "grass", "sky"])
@@ -327,7 +327,7 @@ def build_sam_mi(
     Returns:
         The `SAMMI` module (random weights unless checkpoints are given), SAM frozen.
 
-    Example:
+    Examples:
         >>> model = build_sam_mi("tiny", use_smagg=False, prompting="grid")
         >>> model.tspp is None, model.smagg is None
         (True, True)

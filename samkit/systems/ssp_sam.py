@@ -113,7 +113,7 @@ SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
 class SSPSAM(nn.Module):
     """SSP-SAM: CLIP features and an expression in, one SAM mask, a box and a GRES decision out.
 
-    Example:
+    Examples:
         >>> model = build_ssp_sam("tiny")
         >>> out = model(torch.rand(2, 3, 128, 128), ["the red circle", "all squares"])
         >>> out.low_res_logits.shape, out.boxes.shape, out.prompts.shape
@@ -352,7 +352,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
     Raises:
         ValueError: For an unknown preset or field.
 
-    Example:
+    Examples:
         >>> model = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
         >>> model.config.feature_norm, model.prompt_encoder.num_tokens
         ('token', 64)

@@ -87,7 +87,7 @@ def convert_official_state_dict(
     Raises:
         ValueError: Listing every key that is neither mapped nor ignored.
 
-    Example:
+    Examples:
         >>> conv, ignored = convert_official_state_dict(
         ...     {"tf_scale": torch.ones(1), "encoder.visual.proj": torch.zeros(2)})
         >>> list(conv), ignored
