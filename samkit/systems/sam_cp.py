@@ -29,6 +29,7 @@ from samkit.modules.merging import (
 )
 from samkit.modules.patch_encoder import PatchEncoder, ResNetFPN, TimmFPN, TinyFeaturePyramid
 from samkit.proposals import SamPatchProposer, pad_patches
+from samkit.systems._config import resolve_config
 from samkit.types import PanopticResult, Patches, SAMCPOutput
 
 __all__ = [
@@ -365,15 +366,9 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
         >>> model.config.decoder_layers
         1
     """
-    if cfg is None:
-        cfg = SAMCPConfig()
-    elif isinstance(cfg, str):
-        if cfg != "tiny":
-            raise ValueError(f"unknown SAM-CP preset {cfg!r}; expected 'tiny'")
-        cfg = SAMCPConfig.tiny()
-    elif isinstance(cfg, dict):
-        cfg = SAMCPConfig(**cfg)
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = resolve_config(
+        SAMCPConfig, cfg, overrides, presets={"tiny": SAMCPConfig.tiny}, system="SAM-CP"
+    )
     clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
     proposer = None
     if cfg.build_proposer:

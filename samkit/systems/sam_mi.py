@@ -31,6 +31,7 @@ from samkit.modules.injection import (
     LowFrequencyInjection,
 )
 from samkit.modules.tspp import TextGuidedSparsePointPrompter, grid_points, sample_points
+from samkit.systems._config import resolve_config
 from samkit.types import SAMMIOutput, TSPPOutput
 
 __all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
@@ -332,15 +333,9 @@ def build_sam_mi(
         >>> model.tspp is None, model.smagg is None
         (True, True)
     """
-    if cfg is None:
-        cfg = SAMMIConfig()
-    elif isinstance(cfg, str):
-        if cfg != "tiny":
-            raise ValueError(f"unknown SAM-MI preset {cfg!r}; expected 'tiny'")
-        cfg = SAMMIConfig.tiny()
-    elif isinstance(cfg, dict):
-        cfg = SAMMIConfig(**cfg)
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = resolve_config(
+        SAMMIConfig, cfg, overrides, presets={"tiny": SAMMIConfig.tiny}, system="SAM-MI"
+    )
     if clip is None:
         clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
     if sam is None:

@@ -14,7 +14,8 @@ and in the backbones.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from samkit.metrics.referring import has_target_from_mask
 from samkit.modules.language import LinguisticAttentionAdapter
 from samkit.modules.prompting import SemanticSpatialPromptEncoder, TanhFusion
 from samkit.modules.visual_adapter import VisualAttentionAdapter, clip_patch_tokens, letterbox
+from samkit.systems._config import resolve_config
 from samkit.types import (
     ClipDenseOutput,
     ImageEmbedding,
@@ -319,21 +321,8 @@ class SSPSAM(nn.Module):
 
 
 def _resolve(cfg: SSPSAMConfig | dict | str | None, overrides: dict[str, Any]) -> SSPSAMConfig:
-    if cfg is None:
-        cfg = SSPSAMConfig()
-    elif isinstance(cfg, str):
-        if cfg not in SSP_SAM_PRESETS:
-            raise ValueError(
-                f"unknown SSP-SAM preset {cfg!r}; expected one of {list(SSP_SAM_PRESETS)}"
-            )
-        cfg = SSPSAMConfig(**SSP_SAM_PRESETS[cfg])
-    elif isinstance(cfg, dict):
-        cfg = SSPSAMConfig(**cfg)
-    names = {f.name for f in fields(SSPSAMConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ValueError(f"unknown SSPSAMConfig fields: {unknown}")
-    return replace(cfg, **overrides)
+    presets = {name: partial(SSPSAMConfig, **kw) for name, kw in SSP_SAM_PRESETS.items()}
+    return resolve_config(SSPSAMConfig, cfg, overrides, presets=presets, system="SSP-SAM")
 
 
 def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any) -> SSPSAM:
