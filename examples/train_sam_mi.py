@@ -1,7 +1,8 @@
 """Train SAM-MI (tiny preset) on synthetic semantic scenes, two stages, on the CPU.
 
 Stage 1 trains the text-guided sparse point prompter (TSPP) alone with L_tspp; stage 2 trains
-everything except SAM with L_ce + 0.1 L_tspp (TSPP at a reduced lr, CLIP q/v at lr x 0.01).
+everything except SAM with L_ce + 0.1 L_tspp (TSPP at lr x 0.2; CLIP, all of it as in the tiny
+preset, at lr x 0.01, the paper's CLIP-to-base lr ratio, where the preset itself uses x 1.0).
 Evaluation reports mIoU on held-out scenes, the majority-class baseline, the fraction of the
 32x32 grid TSPP samples per image, and the fraction of ground-truth segments larger than g_p
 grid cells that receive at least one sampled point.
@@ -43,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=200, help="evaluate every N steps (0: end)")
     p.add_argument("--lr", type=float, default=None, help="base lr (default: preset's)")
     p.add_argument("--clip-finetune", choices=["none", "attention_qv", "all"], default=None)
-    p.add_argument("--clip-lr-mult", type=float, default=None, help="CLIP lr multiplier")
-    p.add_argument("--tspp-lr-mult", type=float, default=None, help="stage-2 TSPP lr multiplier")
+    p.add_argument(
+        "--clip-lr-mult", type=float, default=0.01, help="stage-2 CLIP lr multiplier (paper's)"
+    )
+    p.add_argument("--tspp-lr-mult", type=float, default=0.2, help="stage-2 TSPP lr multiplier")
     p.add_argument("--clip-size", type=int, default=None, help="CLIP input side")
     p.add_argument("--out", type=str, default="runs/sam_mi", help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.*")

@@ -31,11 +31,8 @@ def test_tiny_sam_mi_learns(tmp_path: Path) -> None:
     assert metrics["miou"] >= metrics["baseline"] + 0.2, metrics
     # TSPP: >= 90% of the ground-truth segments larger than g_p grid cells get a point ...
     assert metrics["segment_recall"] >= 0.9, metrics
-    # ... with at most 1/10 of the 32 x 32 grid per image. Not reached yet: in stage 2 the
-    # prompter's probabilities grow while the random-weight CLIP is re-aligned (see the SAM-MI
-    # docs page, "Learning result"); reported as an expected failure until fixed.
-    if metrics["max_grid_fraction"] > 0.1:
-        pytest.xfail(f"TSPP samples {metrics['max_grid_fraction']:.3f} of the grid (> 0.1)")
+    # ... with at most 1/10 of the 32 x 32 grid per image
+    assert metrics["max_grid_fraction"] <= 0.1, metrics
 
 
 def test_example_checkpoint_and_resume(tmp_path: Path) -> None:
