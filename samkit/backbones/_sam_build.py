@@ -1,7 +1,10 @@
 """Private helpers of `samkit.backbones.sam`: variant presets, construction, checkpoint loading.
 
 The presets use segment_anything's own classes with the official hyper-parameters
-(`segment_anything/build_sam.py`), plus a `tiny` preset with random weights for tests.
+(`segment_anything/build_sam.py`), plus two small presets with random weights for tests and CPU
+examples: `tiny` (32-d everywhere) and `small` (same 128 px / 8 px-patch encoder shape, but a
+128-d mask decoder, whose 32- and 16-channel upscaling path can draw object outlines that the
+4-channel path of `tiny` cannot).
 """
 
 from __future__ import annotations
@@ -84,6 +87,21 @@ SAM_VARIANTS: dict[str, SamVariantSpec] = {
         decoder_mlp_dim=64,
         decoder_num_heads=2,
         iou_head_hidden_dim=32,
+    ),
+    "small": SamVariantSpec(
+        img_size=128,
+        patch_size=8,
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        window_size=4,
+        prompt_dim=128,
+        mask_in_chans=8,
+        decoder_depth=2,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
     ),
 }
 

@@ -638,12 +638,15 @@ def build_sam_backbone(
 
     Variants: `vit_b`, `vit_l`, `vit_h` (official hyper-parameters: 1024 px input, 16 px patches,
     64x64 embedding grid, `D = 256`) and `tiny` (128 px input, 8 px patches, 16x16 grid, `D = 32`,
-    64x64 low-res masks; random weights, fast on CPU, for tests and examples). Without a
+    64x64 low-res masks; random weights, fast on CPU, for tests and examples) and `small` (the
+    same encoder shape with a 64-d ViT and `D = 128`: its mask decoder upscales through 32 and 16
+    channels instead of 8 and 4, enough to learn object outlines from frozen random features;
+    used where a trained decoder must draw good masks). Without a
     checkpoint the weights are random. The model is returned in eval mode with every parameter
     trainable; use `SamBackbone.freeze` to freeze parts.
 
     Args:
-        variant: One of `"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny"`.
+        variant: One of `"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny"`, `"small"`.
         checkpoint: Path of an official SAM checkpoint (`.pth` or `.safetensors`), loaded strictly
             with `weights_only=True`. Never downloaded.
 

@@ -48,6 +48,24 @@ class TestBuild:
         assert tiny_sam.prompt_encoder.mask_input_size == (64, 64)
         assert not tiny_sam.training
 
+    def test_small_sizes_and_decoder_width(self) -> None:
+        small = build_sam_backbone("small")
+        assert (small.img_size, small.prompt_dim, small.embedding_size) == (128, 128, (16, 16))
+        assert small.image_encoder.patch_embed.proj.kernel_size == (8, 8)
+        # the point of the variant: a 4x wider mask-upscaling path than `tiny` (8 -> 32 channels)
+        up = [
+            m
+            for m in small.mask_decoder.output_upscaling
+            if isinstance(m, torch.nn.ConvTranspose2d)
+        ]
+        assert [m.out_channels for m in up] == [32, 16]
+        emb = small.encode(torch.rand(2, 3, 96, 128))
+        assert emb.embeddings.shape == (2, 128, 16, 16)
+        prompts = Prompts(points=torch.rand(2, 3, 1, 2) * 96, labels=torch.ones(2, 3, 1))
+        pred = small.predict(emb, prompts)
+        assert pred.low_res_logits.shape == (2, 3, 1, 64, 64)
+        assert pred.logits is not None and pred.logits.shape == (2, 3, 1, 96, 128)
+
     def test_vit_b_matches_upstream_builder(self) -> None:
         ours = build_sam_backbone("vit_b")
         theirs = sam_model_registry["vit_b"]()
