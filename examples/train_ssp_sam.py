@@ -41,18 +41,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--set",
         nargs="*",
-        default=["target_head=true"],
+        default=[
+            "target_head=true",
+            'sam_variant="small"',
+            "adapter_dim=128",
+            "num_prompts=16",
+            "depth=3",
+        ],
         metavar="FIELD=VALUE",
         help="SSPSAMConfig overrides",
     )
-    p.add_argument("--steps", type=int, default=2500, help="optimisation steps in total")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1500, help="optimisation steps in total")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the heads")
     p.add_argument("--decoder-lr", type=float, default=2e-3, help="learning rate of SAM's decoder")
     p.add_argument("--decoder-freeze-steps", type=int, default=0, help="steps before unfreezing")
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--presence-weight", type=float, default=1.0, help="weight of the GRES BCE")
     p.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm (reference: 0.1)")
-    p.add_argument("--train-scenes", type=int, default=400)
+    p.add_argument("--train-scenes", type=int, default=4000)
     p.add_argument("--val-scenes", type=int, default=60)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
@@ -80,6 +87,7 @@ class Split:
     boxes: Tensor  # (E, 4) normalised cxcywh on the CLIP canvas (zeros: no target)
     has_target: Tensor  # (E,) bool
     instances: list[Tensor]  # per expression, the scene's instance masks (baselines)
+    kinds: list[str]  # per expression, its kind ("unique", "plural", "spatial", "size", "absent")
     original_size: tuple[int, int]
     input_size: tuple[int, int]
 
@@ -119,6 +127,7 @@ def build_split(
     per = ds.expressions_per_scene
     clip_f, clip_c, sam_e = [], [], []
     scene_idx, text_idx, masks, full, boxes, inst = [], [], [], [], [], []
+    kinds: list[str] = []
     chunk = 32
     for start in range(0, ds.num_scenes, chunk):
         idx = range(start, min(start + chunk, ds.num_scenes))
@@ -140,6 +149,7 @@ def build_split(
         scene_idx += [s for s in idx for _ in range(per)]
         text_idx += texts.add([s.text for s in samples])
         inst += [s.instance_masks for s in samples]
+        kinds += [s.kind for s in samples]
     return Split(
         clip=ClipDenseOutput(features=torch.cat(clip_f), cls=torch.cat(clip_c)),
         sam=torch.cat(sam_e),
@@ -150,6 +160,7 @@ def build_split(
         boxes=torch.cat(boxes).to(device),
         has_target=torch.cat(full).flatten(1).any(1).to(device),
         instances=inst,
+        kinds=kinds,
         original_size=(int(size[0]), int(size[1])),
         input_size=emb.input_size,
     )
@@ -168,17 +179,38 @@ def run_batch(model: SSPSAM, split: Split, text: TextEmbedding, idx: Tensor, *, 
     )
 
 
-def evaluate(model: SSPSAM, split: Split, text: TextEmbedding, batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: SSPSAM,
+    split: Split,
+    text: TextEmbedding,
+    batch_size: int,
+    by_kind: dict[str, dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Standard metrics; fills `by_kind` with per-kind mean IoU and `has_target` rate if given."""
     model.eval()
     metrics = ReferringMetrics()
+    ious, decided = [], []
     with torch.no_grad():
         for start in range(0, len(split.scene), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(split.scene)))
             out = run_batch(model, split, text, idx, upsample=True)
             assert out.logits is not None
-            pred = (out.logits[:, 0] > 0) & out.has_target[:, None, None]
-            metrics.update(pred.cpu(), split.full_masks[idx])
+            pred = ((out.logits[:, 0] > 0) & out.has_target[:, None, None]).cpu()
+            gt = split.full_masks[idx]
+            metrics.update(pred, gt)
+            inter, union = (pred & gt).flatten(1).sum(1), (pred | gt).flatten(1).sum(1)
+            ious.append(torch.where(union > 0, inter / union.clamp(min=1), 1.0))
+            decided.append(out.has_target.cpu())
     model.train()
+    if by_kind is not None:
+        iou, has = torch.cat(ious), torch.cat(decided).float()
+        for kind in sorted(set(split.kinds)):
+            sel = torch.tensor([k == kind for k in split.kinds])
+            by_kind[kind] = {
+                "count": int(sel.sum()),
+                "iou": float(iou[sel].mean()),
+                "has_target_rate": float(has[sel].mean()),
+            }
     return metrics.compute()
 
 
@@ -286,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     step = (
         load(args.out, model, opt, sched) if args.resume and (args.out / "state.pt").exists() else 0
     )
-    criterion = ReferringLoss()
+    criterion = ReferringLoss(presence_weight=args.presence_weight)
     gen = torch.Generator().manual_seed(args.seed + step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
@@ -329,13 +361,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bar.close()
     train_s = time.time() - t1
     save(args.out, model, opt, sched, step, args)
-    final = evaluate(model, val, text, 4 * args.batch_size)
+    kinds: dict[str, dict[str, float]] = {}
+    final = evaluate(model, val, text, 4 * args.batch_size, by_kind=kinds)
     base = baselines(val)
     table = print_table(
         {"ssp-sam": final, **{f"always {k}" if k == "empty" else k: v for k, v in base.items()}}
     )
+    for kind, r in kinds.items():
+        print(
+            f"{kind:<8} n={r['count']:<4} mean IoU {r['iou']:.3f}"
+            f"  judged to have a target {r['has_target_rate']:.3f}"
+        )
     result = {
         "metrics": final,
+        "by_kind": kinds,
         "baselines": base,
         "best_baseline_giou": max(v["giou"] for v in base.values()),
         "steps": step,

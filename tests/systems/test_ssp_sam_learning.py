@@ -38,18 +38,20 @@ def test_example_checkpoint_and_resume(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tiny_ssp_sam_learns_synthetic_gres(tmp_path: Path) -> None:
-    """The documented run (docs/systems/ssp-sam.md): example defaults, capped at 420 s of training.
+    """The documented run (docs/systems/ssp-sam.md): example defaults, training capped at 540 s.
 
-    Measured (2500 steps): gIoU 0.370 vs 0.250 / 0.430 / 0.397 for the always-empty / union /
-    largest-object baselines, N-acc 0.650, T-acc 0.850. This is *below* the issue's target
-    (best baseline + 0.2 gIoU, N-acc >= 0.8); the assertions pin what the run does reach so a
-    regression in learning fails, with margins for a slower machine hitting the time cap.
+    Measured (1500 steps, one thread): gIoU 0.478, cIoU 0.398, N-acc 0.867, T-acc 0.750 vs
+    gIoU 0.250 / 0.430 / 0.397 for the always-empty / union / largest-object baselines (cIoU at
+    most 0.344). The issue's gIoU target (best baseline + 0.2) is *not* reached; its N-acc target
+    (>= 0.8) is. The assertions sit below the spread of the runs we made (final gIoU 0.42-0.48,
+    N-acc 0.62-0.87) so that a learning regression fails while thread count and the time cap on a
+    slower machine do not.
     """
-    result = _example().main(["--out", str(tmp_path), "--no-progress", "--time-limit", "420"])
+    result = _example().main(["--out", str(tmp_path), "--no-progress", "--time-limit", "540"])
     metrics, base = result["metrics"], result["baselines"]
-    assert metrics["giou"] >= base["empty"]["giou"] + 0.08, result["table"]
-    assert metrics["ciou"] >= 0.25, result["table"]
+    assert metrics["giou"] >= base["empty"]["giou"] + 0.15, result["table"]
+    assert metrics["ciou"] >= max(b["ciou"] for b in base.values()) - 0.02, result["table"]
     assert metrics["n_acc"] >= 0.5, result["table"]
     assert metrics["t_acc"] >= 0.6, result["table"]
-    first = result["history"][0]["giou"]
-    assert metrics["giou"] >= first + 0.05, result["history"]
+    # plural expressions (several referents) are segmented well: masks, not just decisions
+    assert result["by_kind"]["plural"]["iou"] >= 0.5, result["by_kind"]
