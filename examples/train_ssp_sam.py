@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from samkit.data.datasets import SyntheticReferringDataset
 from samkit.losses.referring import ReferringLoss
-from samkit.metrics.referring import ReferringMetrics, to_sam_padded_frame
+from samkit.metrics.referring import ReferringMetrics, referring_iou, to_sam_padded_frame
 from samkit.modules.visual_adapter import canvas_boxes
 from samkit.systems.ssp_sam import SSPSAM, build_ssp_sam, config_dict
 from samkit.types import ClipDenseOutput, ImageEmbedding, TextEmbedding
@@ -198,8 +198,7 @@ def evaluate(
             pred = ((out.logits[:, 0] > 0) & out.has_target[:, None, None]).cpu()
             gt = split.full_masks[idx]
             metrics.update(pred, gt)
-            inter, union = (pred & gt).flatten(1).sum(1), (pred | gt).flatten(1).sum(1)
-            ious.append(torch.where(union > 0, inter / union.clamp(min=1), 1.0))
+            ious.append(referring_iou(pred, gt)[2])
             decided.append(out.has_target.cpu())
     model.train()
     if by_kind is not None:
