@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_sam_cp.py"
-
-
-def _example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_sam_cp", _EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_sam_cp"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests._examples import load_example
 
 
 def test_save_and_resume(tmp_path: Path) -> None:
-    train = _example()
+    train = load_example("train_sam_cp")
     common = ["--eval-scenes", "2", "--size", "64", "--no-progress", "--out", str(tmp_path)]
     train.main(["--steps", "2", "--eval-every", "0", *common])
     assert (tmp_path / "last.safetensors").exists() and (tmp_path / "last_state.pt").exists()
@@ -35,7 +23,7 @@ def test_save_and_resume(tmp_path: Path) -> None:
 
 
 def test_sam_patch_mode_trains_and_evaluates() -> None:
-    train = _example()
+    train = load_example("train_sam_cp")
     out = train.main(
         ["--patches", "sam", "--steps", "2", "--eval-every", "0", "--eval-scenes", "2",
          "--size", "64", "--no-progress"]
@@ -46,7 +34,7 @@ def test_sam_patch_mode_trains_and_evaluates() -> None:
 
 @pytest.mark.slow
 def test_tiny_sam_cp_merges_oracle_patches() -> None:
-    train = _example()
+    train = load_example("train_sam_cp")
     metrics = train.main(
         [
             "--steps", "1500",

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_sam_mi.py"
-
-
-def _example():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("train_sam_mi", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while class-building
-    spec.loader.exec_module(module)
-    return module
+from tests._examples import load_example
 
 
 @pytest.mark.slow
 def test_tiny_sam_mi_learns(tmp_path: Path) -> None:
     torch.set_num_threads(1)  # the documented run; fixes the float summation order
-    metrics = _example().main(
+    metrics = load_example("train_sam_mi").main(
         ["--out", str(tmp_path), "--no-progress", "--eval-every", "0", "--seed", "0"]
     )
     # segmentation: at least 0.2 mIoU above predicting the majority class everywhere
@@ -36,7 +25,7 @@ def test_tiny_sam_mi_learns(tmp_path: Path) -> None:
 
 
 def test_example_checkpoint_and_resume(tmp_path: Path) -> None:
-    ex = _example()
+    ex = load_example("train_sam_mi")
     args = [
         "--out",
         str(tmp_path),

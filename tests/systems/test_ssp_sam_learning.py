@@ -1,27 +1,16 @@
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_ssp_sam.py"
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location("train_ssp_sam", _EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_ssp_sam"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests._examples import load_example
 
 
 def test_example_checkpoint_and_resume(tmp_path: Path) -> None:
-    main = _example().main
+    main = load_example("train_ssp_sam").main
     args = ["--out", str(tmp_path), "--no-progress", "--train-scenes", "4", "--val-scenes", "2"]
     first = main([*args, "--steps", "2", "--eval-every", "2", "--batch-size", "2"])
     assert first["steps"] == 2 and len(first["history"]) == 1
@@ -50,7 +39,9 @@ def test_tiny_ssp_sam_learns_synthetic_gres(tmp_path: Path) -> None:
     "always a target" (N-acc 0.000, gIoU 0.360, cIoU 0.360, plural IoU 0.671); a one-thread run
     cut at step 1042 ended with N-acc 0.617 (gIoU 0.414).
     """
-    result = _example().main(["--out", str(tmp_path), "--no-progress", "--time-limit", "540"])
+    result = load_example("train_ssp_sam").main(
+        ["--out", str(tmp_path), "--no-progress", "--time-limit", "540"]
+    )
     metrics, base = result["metrics"], result["baselines"]
     assert metrics["giou"] >= base["empty"]["giou"] + 0.08, result["table"]
     assert metrics["ciou"] >= max(b["ciou"] for b in base.values()) - 0.02, result["table"]
