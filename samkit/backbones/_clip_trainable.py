@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-TrainablePolicy = Literal["none", "attention_qv", "all"]
-POLICIES: tuple[str, ...] = ("none", "attention_qv", "all")
+TrainablePolicy = Literal["none", "attention_qv", "visual", "all"]
+POLICIES: tuple[str, ...] = ("none", "attention_qv", "visual", "all")
 
 
 class SplitQKV(nn.Module):
@@ -61,7 +61,7 @@ def apply_policy(model: nn.Module, policy: str) -> None:
 
     Args:
         model: An open_clip model.
-        policy: `"none"`, `"attention_qv"` or `"all"`.
+        policy: `"none"`, `"attention_qv"`, `"visual"` or `"all"`.
 
     Raises:
         ValueError: If `policy` is unknown.
@@ -70,6 +70,8 @@ def apply_policy(model: nn.Module, policy: str) -> None:
         raise ValueError(f"unknown trainable policy {policy!r}; expected one of {POLICIES}")
     remove_qv_split(model)
     model.requires_grad_(policy == "all")
+    if policy == "visual":
+        model.visual.requires_grad_(True)
     if policy != "attention_qv":
         return
     for module in attention_modules(model):

@@ -124,10 +124,12 @@ class ClipBackbone(nn.Module):
         * `"attention_qv"`: only the q and v projection weights of every attention in both towers
           (CAT-Seg / SAM-MI). The packed `in_proj_weight` becomes `parametrizations.
           in_proj_weight.original{0,1,2}` = q, k, v; k and every bias stay frozen.
+        * `"visual"`: every parameter of the image tower; the text tower stays frozen (a random
+          or weak CLIP trained as a feature extractor, e.g. SSP-SAM on synthetic scenes).
         * `"all"`: every parameter.
 
         Args:
-            policy: One of `"none"`, `"attention_qv"`, `"all"`.
+            policy: One of `"none"`, `"attention_qv"`, `"visual"`, `"all"`.
 
         Returns:
             The names (as in `named_parameters()`) of the trainable parameters.

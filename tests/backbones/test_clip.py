@@ -544,6 +544,22 @@ class TestTrainable:
         for name, p in clip.named_parameters():
             assert (p.grad is None) == (name in unused), name
 
+    def test_policy_visual(self, tiny_clip: ClipBackbone) -> None:
+        clip = _fresh(tiny_clip)
+        names = clip.set_trainable("visual")
+        visual = {n for n, _ in clip.named_parameters() if n.startswith("model.visual.")}
+        assert set(names) == visual
+        clip.train()
+        assert clip.model.visual.training
+        self._loss(clip, "surgery").backward()
+        for name, p in clip.named_parameters():
+            if name in names:
+                assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            else:  # the text tower stays frozen
+                assert p.grad is None, name
+        grad = clip.model.visual.conv1.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+
     def test_optimizer_step_changes_only_q_and_v(self, tiny_clip: ClipBackbone) -> None:
         clip = _fresh(tiny_clip)
         clip.set_trainable("attention_qv")
