@@ -2,13 +2,15 @@
 
 The frozen parts (CLIP-Surgery features, CLIP text states, SAM image embeddings) are computed
 once and cached, as the reference caches SAM embeddings; each step then runs only the trainable
-heads and SAM's mask decoder. Works on the CPU; on CUDA it uses bf16 autocast.
+heads and SAM's mask decoder. With `clip_trainable="visual"` among the `--set` overrides (they
+replace the default list) CLIP's image tower trains too and runs every step instead. Works on
+the CPU; on CUDA it uses bf16 autocast.
 
     python examples/train_ssp_sam.py --out runs/ssp_sam_tiny
     python examples/train_ssp_sam.py --out runs/ssp_sam_tiny --steps 4000 --resume
 
 Outputs in `--out`: `model.safetensors` (trainable weights: heads and SAM mask decoder),
-`state.pt` (optimizer, scheduler, step, RNG), `config.json` and `metrics.json`.
+`state.pt` (optimizer, step, RNG), `config.json` and `metrics.json`.
 """
 
 from __future__ import annotations
@@ -69,7 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-limit", type=float, default=0.0, help="stop training after N seconds")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop training after N seconds (the lr cosine then follows the clock if it is ahead)",
+    )
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
     return p.parse_args(argv)
 
@@ -78,7 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 class Split:
     """Cached frozen features and targets of one split, one row per expression."""
 
-    clip: ClipDenseOutput  # per scene
+    clip: ClipDenseOutput | None  # per scene (None when CLIP trains: see `images`)
+    images: Tensor | None  # per scene images (S, 3, H, W), kept only when CLIP trains
     sam: Tensor  # per scene SAM embeddings (S, D, h, w)
     scene: Tensor  # (E,) scene index of each expression
     text: Tensor  # (E,) index into the text cache
@@ -125,7 +133,8 @@ def build_split(
     sam, cfg = model.sam, model.config
     low = 4 * sam.embedding_size[0]
     per = ds.expressions_per_scene
-    clip_f, clip_c, sam_e = [], [], []
+    clip_f, clip_c, sam_e, ims = [], [], [], []
+    clip_frozen = cfg.clip_trainable == "none"
     scene_idx, text_idx, masks, full, boxes, inst = [], [], [], [], [], []
     kinds: list[str] = []
     chunk = 32
@@ -134,9 +143,12 @@ def build_split(
         samples = [ds[s * per + e] for s in idx for e in range(per)]
         images = torch.stack([samples[i * per].image for i in range(len(idx))]).to(device)
         with torch.no_grad():
-            c = model.encode_clip(images)
-            clip_f.append(c.features)
-            clip_c.append(c.cls)
+            if clip_frozen:
+                c = model.encode_clip(images)
+                clip_f.append(c.features)
+                clip_c.append(c.cls)
+            else:
+                ims.append(images)
             emb = sam.encode(images)
             sam_e.append(emb.embeddings)
         size = tuple(images.shape[-2:])
@@ -151,7 +163,10 @@ def build_split(
         inst += [s.instance_masks for s in samples]
         kinds += [s.kind for s in samples]
     return Split(
-        clip=ClipDenseOutput(features=torch.cat(clip_f), cls=torch.cat(clip_c)),
+        clip=ClipDenseOutput(features=torch.cat(clip_f), cls=torch.cat(clip_c))
+        if clip_frozen
+        else None,
+        images=None if clip_frozen else torch.cat(ims),
         sam=torch.cat(sam_e),
         scene=torch.tensor(scene_idx),
         text=torch.tensor(text_idx),
@@ -168,7 +183,13 @@ def build_split(
 
 def run_batch(model: SSPSAM, split: Split, text: TextEmbedding, idx: Tensor, *, upsample: bool):
     scenes = split.scene[idx].to(split.sam.device)
-    clip = ClipDenseOutput(features=split.clip.features[scenes], cls=split.clip.cls[scenes])
+    if split.clip is not None:
+        clip = ClipDenseOutput(features=split.clip.features[scenes], cls=split.clip.cls[scenes])
+    else:  # CLIP trains: encode every distinct scene of the batch once
+        assert split.images is not None
+        unique, inverse = scenes.unique(return_inverse=True)
+        c = model.encode_clip(split.images[unique])
+        clip = ClipDenseOutput(features=c.features[inverse], cls=c.cls[inverse])
     emb = ImageEmbedding(split.sam[scenes], split.input_size, split.original_size)
     return model(
         None,
@@ -245,6 +266,8 @@ def print_table(rows: dict[str, dict[str, float]]) -> str:
 
 def trainable_state(model: SSPSAM) -> dict[str, Tensor]:
     prefixes = tuple(f"{n}." for n in model.heads()) + ("sam.mask_decoder.",)
+    if model.config.clip_trainable == "visual":
+        prefixes += ("clip.model.visual.",)
     return {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -252,13 +275,18 @@ def trainable_state(model: SSPSAM) -> dict[str, Tensor]:
     }
 
 
-def save(out: Path, model: SSPSAM, opt, sched, step: int, args: argparse.Namespace) -> None:
+def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from 1 to 0.05 over `progress` in [0, 1]."""
+    warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+    return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def save(out: Path, model: SSPSAM, opt, step: int, args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(trainable_state(model), str(out / "model.safetensors"))
     torch.save(
         {
             "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
             "step": step,
             "rng": torch.get_rng_state(),
         },
@@ -268,7 +296,7 @@ def save(out: Path, model: SSPSAM, opt, sched, step: int, args: argparse.Namespa
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
-def load(out: Path, model: SSPSAM, opt, sched) -> int:
+def load(out: Path, model: SSPSAM, opt) -> int:
     weights = load_file(str(out / "model.safetensors"))
     missing = set(trainable_state(model)) - set(weights)
     if missing:
@@ -276,7 +304,6 @@ def load(out: Path, model: SSPSAM, opt, sched) -> int:
     model.load_state_dict(weights, strict=False)
     state = torch.load(out / "state.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -289,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     model = build_ssp_sam(args.preset, lr=args.lr, decoder_lr=args.decoder_lr, **overrides)
+    if model.config.clip_trainable not in ("none", "visual"):
+        raise SystemExit(
+            "this example caches CLIP text states; clip_trainable must be 'none' or 'visual', "
+            f"got {model.config.clip_trainable!r}"
+        )
     model = model.to(device)
     t0 = time.time()
     texts = TextCache()
@@ -306,17 +338,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cache_s = time.time() - t0
 
     opt = torch.optim.AdamW(model.param_groups())
-    warm, total = max(args.warmup_steps, 1), max(args.steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / warm)
-            * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-        ),
-    )
-    step = (
-        load(args.out, model, opt, sched) if args.resume and (args.out / "state.pt").exists() else 0
-    )
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    step = load(args.out, model, opt) if args.resume and (args.out / "state.pt").exists() else 0
     criterion = ReferringLoss(presence_weight=args.presence_weight)
     gen = torch.Generator().manual_seed(args.seed + step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -325,8 +349,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t1 = time.time()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="ssp-sam")
     while step < args.steps:
-        if args.time_limit and time.time() - t1 > args.time_limit:
+        elapsed = time.time() - t1
+        if args.time_limit and elapsed > args.time_limit:
             break
+        # the cosine follows the steps, or the clock when a time limit would cut the steps short
+        progress = step / max(args.steps, 1)
+        if args.time_limit:
+            progress = max(progress, elapsed / args.time_limit)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, progress, args.warmup_steps)
         model.set_decoder_frozen(step < args.decoder_freeze_steps)
         idx = torch.randint(len(train.scene), (args.batch_size,), generator=gen)
         with autocast:
@@ -345,7 +376,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             [p for g in opt.param_groups for p in g["params"]], args.clip_grad
         )
         opt.step()
-        sched.step()
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{terms.total.item():.3f}")
@@ -356,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"step {step}: val gIoU {r['giou']:.3f} cIoU {r['ciou']:.3f} N-acc {r['n_acc']:.3f}"
             )
         if step % args.save_every == 0:
-            save(args.out, model, opt, sched, step, args)
+            save(args.out, model, opt, step, args)
     bar.close()
     train_s = time.time() - t1
-    save(args.out, model, opt, sched, step, args)
+    save(args.out, model, opt, step, args)
     kinds: dict[str, dict[str, float]] = {}
     final = evaluate(model, val, text, 4 * args.batch_size, by_kind=kinds)
     base = baselines(val)

@@ -59,6 +59,8 @@ class SSPSAMConfig:
     clip_checkpoint: str | None = None  # local CLIP weights (OpenAI JIT / state dict); None: random
     clip_image_size: int = 336  # side S of the square CLIP input canvas
     surgery_depth: int = 6  # trailing CLIP blocks that get CLIP-Surgery's v-v attention path
+    clip_trainable: Literal["none", "attention_qv", "visual", "all"] = "none"  # paper: "none"
+    clip_lr: float = 1e-5  # learning rate of the trainable CLIP parameters, if any
     sam_variant: str = "vit_h"  # SAM backbone variant ("vit_b", "vit_l", "vit_h", "tiny")
     sam_checkpoint: str | None = None  # local SAM weights; None: random
     adapter_dim: int = 512  # width of the linguistic and visual attention adapters
@@ -289,8 +291,9 @@ class SSPSAM(nn.Module):
 
         Returns:
             Three groups (`"rest"` and `"vl_transformer"` at `config.lr`, `"mask_decoder"` at
-            `config.decoder_lr`), each with `config.weight_decay`. Frozen CLIP and SAM encoder
-            parameters are not included; the decoder is included even while frozen.
+            `config.decoder_lr`), each with `config.weight_decay`, plus a fourth, `"clip"` at
+            `config.clip_lr`, when `config.clip_trainable` is not `"none"`. Frozen CLIP and SAM
+            encoder parameters are not included; the decoder is included even while frozen.
         """
         cfg = self.config
         encoder = [p for layer in self.prompt_encoder.layers for p in layer.parameters()]
@@ -306,15 +309,18 @@ class SSPSAM(nn.Module):
             ("vl_transformer", encoder, cfg.lr),
             ("mask_decoder", list(self.sam.mask_decoder.parameters()), cfg.decoder_lr),
         ]
+        clip = [p for p in self.clip.parameters() if p.requires_grad]
+        if clip:
+            groups.append(("clip", clip, cfg.clip_lr))
         return [
             {"name": n, "params": ps, "lr": lr, "weight_decay": cfg.weight_decay}
             for n, ps, lr in groups
         ]
 
     def train(self, mode: bool = True) -> SSPSAM:
-        """Set training mode; the frozen CLIP and SAM image encoder stay in eval mode."""
+        """Set training mode; a frozen CLIP and the SAM image encoder stay in eval mode."""
         super().train(mode)
-        self.clip.train(False)
+        self.clip.train(mode)  # stays in eval mode while its policy is "none"
         self.sam.image_encoder.train(False)
         self.sam.prompt_encoder.train(False)
         return self
@@ -334,7 +340,8 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         **overrides: Config fields to replace, e.g. `**REFERENCE_QUIRKS`.
 
     Returns:
-        The model in eval mode, on the CPU: CLIP frozen, SAM image and prompt encoders frozen,
+        The model in eval mode, on the CPU: CLIP frozen (unless `clip_trainable` says otherwise;
+        the paper keeps it frozen), SAM image and prompt encoders frozen,
         mask decoder trainable (frozen when `decoder_freeze_epochs > 0`; call
         `set_decoder_frozen(False)` when that many epochs are done).
 
@@ -348,7 +355,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
     """
     config = _resolve(cfg, overrides)
     clip = build_clip_backbone(config.clip_name, config.clip_checkpoint)
-    clip.set_trainable("none")
+    clip.set_trainable(config.clip_trainable)
     sam = build_sam_backbone(config.sam_variant, config.sam_checkpoint)
     sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)
     grid = config.clip_image_size // clip.patch_size

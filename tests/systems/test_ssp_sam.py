@@ -79,7 +79,7 @@ class TestSSPSAM:
     def test_freezing_and_grad_flow(self) -> None:
         torch.manual_seed(0)
         m = build_ssp_sam("tiny").train()
-        assert not m.clip.training and not m.sam.image_encoder.training
+        assert not m.clip.model.training and not m.sam.image_encoder.training
         out = m(torch.rand(2, 3, 128, 128), TEXTS[:2])
         target = torch.zeros_like(out.low_res_logits)
         target[0, :, 10:30, 10:30] = 1
@@ -115,6 +115,20 @@ class TestSSPSAM:
         paper = build_ssp_sam("tiny", decoder_lr=1e-5, decoder_freeze_epochs=20)
         assert paper.param_groups()[2]["lr"] == 1e-5
         assert not any(p.requires_grad for p in paper.sam.mask_decoder.parameters())
+
+    def test_trainable_clip_image_tower(self) -> None:
+        torch.manual_seed(0)
+        m = build_ssp_sam("tiny", clip_trainable="visual", clip_lr=3e-4).train()
+        assert m.clip.model.visual.training  # a trainable CLIP follows .train()
+        groups = {g["name"]: g for g in m.param_groups()}
+        assert groups["clip"]["lr"] == 3e-4
+        visual = {id(p) for p in m.clip.model.visual.parameters()}
+        assert {id(p) for p in groups["clip"]["params"]} == visual
+        out = m(torch.rand(2, 3, 128, 128), TEXTS[:2])
+        out.low_res_logits.square().mean().backward()
+        assert m.clip.model.visual.conv1.weight.grad is not None
+        assert all(p.grad is None for p in m.clip.model.transformer.parameters())  # text tower
+        assert all(p.grad is None for p in m.sam.image_encoder.parameters())
 
     def test_target_head(self) -> None:
         torch.manual_seed(0)
