@@ -2,9 +2,8 @@
 
 The frozen parts (CLIP-Surgery features, CLIP text states, SAM image embeddings) are computed
 once and cached, as the reference caches SAM embeddings; each step then runs only the trainable
-heads and SAM's mask decoder. With `clip_trainable="visual"` among the `--set` overrides (they
-replace the default list) CLIP's image tower trains too and runs every step instead. Works on
-the CPU; on CUDA it uses bf16 autocast.
+heads and SAM's mask decoder. With `--set clip_trainable='"visual"'` CLIP's image tower trains
+too and runs every step instead. Works on the CPU; on CUDA it uses bf16 autocast.
 
     python examples/train_ssp_sam.py --out runs/ssp_sam_tiny
     python examples/train_ssp_sam.py --out runs/ssp_sam_tiny --steps 4000 --resume
@@ -36,6 +35,33 @@ from samkit.modules.visual_adapter import canvas_boxes
 from samkit.systems.ssp_sam import SSPSAM, build_ssp_sam, config_dict
 from samkit.types import ClipDenseOutput, ImageEmbedding, TextEmbedding
 
+DEFAULT_OVERRIDES = (
+    "target_head=true",
+    'sam_variant="small"',
+    "adapter_dim=128",
+    "num_prompts=16",
+    "depth=3",
+)
+"""The example's changes to the preset (see docs/systems/ssp-sam.md); `--set` goes on top."""
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`FIELD=VALUE` strings (JSON values) to a dict; later items win."""
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[field] = json.loads(value)
+        except ValueError:
+            example = "sam_variant='\"small\"'"
+            raise SystemExit(
+                f"--set: expected FIELD=VALUE with a JSON value (quote strings: {example}), "
+                f"got {item!r}"
+            ) from None
+    return out
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -43,15 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--set",
         nargs="*",
-        default=[
-            "target_head=true",
-            'sam_variant="small"',
-            "adapter_dim=128",
-            "num_prompts=16",
-            "depth=3",
-        ],
+        default=[],
         metavar="FIELD=VALUE",
-        help="SSPSAMConfig overrides",
+        help="SSPSAMConfig overrides (JSON values), applied after the example's own: "
+        + " ".join(DEFAULT_OVERRIDES),
     )
     p.add_argument("--steps", type=int, default=1500, help="optimisation steps in total")
     p.add_argument("--batch-size", type=int, default=32)
@@ -314,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    overrides = parse_overrides([*DEFAULT_OVERRIDES, *args.set])
     model = build_ssp_sam(args.preset, lr=args.lr, decoder_lr=args.decoder_lr, **overrides)
     if model.config.clip_trainable not in ("none", "visual"):
         raise SystemExit(

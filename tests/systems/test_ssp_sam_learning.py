@@ -36,6 +36,8 @@ def test_example_trains_the_clip_image_tower(tmp_path: Path) -> None:
     assert main([*args, "--steps", "3", "--resume"])["steps"] == 3
     with pytest.raises(SystemExit, match="caches CLIP text states"):
         main([*args[:-1], 'clip_trainable="all"', "--steps", "1"])
+    with pytest.raises(SystemExit, match="quote strings"):
+        main([*args[:-1], "sam_variant=small", "--steps", "1"])
 
 
 @pytest.mark.slow
