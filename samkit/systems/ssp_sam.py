@@ -309,13 +309,11 @@ class SSPSAM(nn.Module):
             ("vl_transformer", encoder, cfg.lr),
             ("mask_decoder", list(self.sam.mask_decoder.parameters()), cfg.decoder_lr),
         ]
-        clip = [p for p in self.clip.parameters() if p.requires_grad]
-        if clip:
-            groups.append(("clip", clip, cfg.clip_lr))
+        clip = self.clip.param_groups(cfg.clip_lr, lr_multiplier=1.0)  # [] while frozen
         return [
             {"name": n, "params": ps, "lr": lr, "weight_decay": cfg.weight_decay}
             for n, ps, lr in groups
-        ]
+        ] + [{**g, "weight_decay": cfg.weight_decay} for g in clip]
 
     def train(self, mode: bool = True) -> SSPSAM:
         """Set training mode; a frozen CLIP and the SAM image encoder stay in eval mode."""
