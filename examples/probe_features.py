@@ -83,7 +83,9 @@ def finetune_clip_cells(
     grid = model.config.clip_image_size // model.clip.patch_size
     colours, shapes = (y.view(-1, grid, grid) for y in cell_labels(scenes, grid))
     dim = model.clip.embed_dim
-    heads = torch.nn.ModuleList([torch.nn.Linear(dim, len(COLOR_NAMES)), torch.nn.Linear(dim, 4)])
+    heads = torch.nn.ModuleList(
+        [torch.nn.Linear(dim, len(COLOR_NAMES)), torch.nn.Linear(dim, len(THING_CLASSES))]
+    )
     params = [p for p in model.clip.parameters() if p.requires_grad] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
