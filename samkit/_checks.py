@@ -1,17 +1,45 @@
-"""Shape validation used at every public entry point.
+"""The input contract checked at every public entry point.
 
 `check_shape(x, "B D h w", name="features")` checks the number of axes, the fixed sizes
 (digits in the pattern), and that a letter used twice names the same size. It returns the
 named sizes so a forward can read them instead of unpacking `x.shape` by hand.
+
+The other helpers turn what users pass into what the modules compute on, or raise a `ValueError`
+(`TypeError` for a wrong type) that names the argument, what was expected and what was given:
+
+* `as_image`: uint8 images (what `torchvision.io.read_image` and PIL give) become float in
+  `[0, 1]`; float images must lie in `[0, 1]` (up to `IMAGE_RANGE_TOLERANCE`) and be finite; any
+  float dtype is computed in the module's dtype (float32 unless the module was cast).
+* `as_float`: other real-valued inputs (features, logits, coordinates) in the module's dtype.
+* `check_binary`, `check_probabilities`: masks that must be binary, values that must lie in
+  `[0, 1]`.
+* `as_class_names`: one `str` is one class; a sequence must hold at least one `str`.
+* `check_positive`: sizes and counts that must be `>= 1`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
-__all__ = ["check_same_device", "check_shape"]
+__all__ = [
+    "IMAGE_RANGE_TOLERANCE",
+    "as_class_names",
+    "as_float",
+    "as_image",
+    "check_binary",
+    "check_positive",
+    "check_probabilities",
+    "check_same_device",
+    "check_shape",
+]
+
+IMAGE_RANGE_TOLERANCE = 1e-3
+"""How far a float image may stray outside `[0, 1]` (resampling and rounding) before it is an
+error; values within the tolerance are clamped."""
 
 
 def _fmt(pattern: list[str]) -> str:
@@ -105,3 +133,222 @@ def check_same_device(*tensors: Tensor | None, names: tuple[str, ...] | None = N
             a = names[ref_i] if names else f"tensor {ref_i}"
             b = names[i] if names else f"tensor {i}"
             raise ValueError(f"{a} is on {ref.device} but {b} is on {t.device}")
+
+
+def _range_of(x: Tensor) -> tuple[float, float]:
+    """`(min, max)` of a non-empty tensor with one device sync; NaN when any element is NaN."""
+    lo, hi = torch.aminmax(x.detach().reshape(-1))
+    both = torch.stack([lo, hi]).double().tolist()
+    return float(both[0]), float(both[1])
+
+
+def as_image(
+    images: Tensor,
+    *,
+    name: str = "images",
+    pattern: str = "B 3 H W",
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Validate RGB images and return them as float in `[0, 1]` in the compute dtype.
+
+    The image contract of samkit: `uint8` images (`torchvision.io.read_image`, PIL via
+    `pil_to_tensor`) are divided by 255; float images (any float dtype) must be finite and lie in
+    `[0, 1]`, where values up to `IMAGE_RANGE_TOLERANCE` outside are clamped. Other dtypes
+    (bool, signed integers) are an error, since their range is ambiguous.
+
+    Args:
+        images: The images, e.g. `(B, 3, H, W)`.
+        name: What the argument is called in error messages.
+        pattern: The `check_shape` pattern the images must match.
+        dtype: The floating dtype to compute in (default float32; pass the module's parameter
+            dtype for a module cast with `.double()` / `.half()`).
+
+    Returns:
+        The images as `dtype` in `[0, 1]` (the input itself when nothing needed to change).
+
+    Raises:
+        TypeError: If `images` is not a tensor or has a dtype other than uint8 / floating.
+        ValueError: On a shape mismatch, non-finite pixels or values outside `[0, 1]`.
+
+    Examples:
+        >>> as_image(torch.tensor([0, 255], dtype=torch.uint8).expand(1, 3, 1, 2))[0, 0]
+        tensor([[0., 1.]])
+        >>> as_image(torch.full((1, 3, 2, 2), 255.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: images: expected float values in [0, 1] ...
+    """
+    check_shape(images, pattern, name=name)
+    target = dtype or torch.float32
+    if images.dtype == torch.uint8:
+        return images.to(target) / 255.0
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name}: expected uint8 (0..255) or floating (0..1) images, got dtype {images.dtype}"
+        )
+    if images.numel() > 0:
+        lo, hi = _range_of(images)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name}: expected finite pixel values, got NaN or Inf")
+        tol = IMAGE_RANGE_TOLERANCE
+        if lo < -tol or hi > 1.0 + tol:
+            raise ValueError(
+                f"{name}: expected float values in [0, 1] (samkit normalises images itself; "
+                f"pass uint8 for 0..255 data), got values in [{lo:.4g}, {hi:.4g}]"
+            )
+        if lo < 0.0 or hi > 1.0:
+            images = images.clamp(0.0, 1.0)
+    return images.to(target)
+
+
+def as_float(x: Tensor, *, name: str, dtype: torch.dtype | None = None) -> Tensor:
+    """Return a real-valued input in the compute dtype (float32 unless given).
+
+    Float64 / float16 / bfloat16 are cast, so the result is the float32 one to the input's
+    precision. Under `torch.autocast`, pass `dtype` only where the module should follow autocast.
+
+    Args:
+        x: The tensor.
+        name: What the argument is called in error messages.
+        dtype: The floating dtype to compute in (default float32).
+
+    Returns:
+        `x` as `dtype`.
+
+    Raises:
+        TypeError: If `x` is not a tensor or not floating point.
+
+    Examples:
+        >>> as_float(torch.ones(2, dtype=torch.float64), name="x").dtype
+        torch.float32
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    return x.to(dtype or torch.float32)
+
+
+def check_binary(x: Tensor, *, name: str) -> Tensor:
+    """Check that a mask is binary and return it as bool.
+
+    Args:
+        x: A bool tensor, or a numeric tensor holding only 0 and 1.
+        name: What the argument is called in error messages.
+
+    Returns:
+        `x` as a bool tensor.
+
+    Raises:
+        TypeError: If `x` is not a tensor.
+        ValueError: If `x` holds a value other than 0 and 1.
+
+    Examples:
+        >>> check_binary(torch.tensor([0.0, 1.0]), name="masks")
+        tensor([False,  True])
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool:
+        return x
+    if x.numel() > 0:
+        bad = (x != 0) & (x != 1)
+        if bool(bad.any()):
+            example = float(x[bad].reshape(-1)[0])
+            raise ValueError(
+                f"{name}: expected a binary mask (bool, or only 0 and 1), got value {example:g}"
+            )
+    return x != 0
+
+
+def check_probabilities(x: Tensor, *, name: str) -> Tensor:
+    """Check that values are probabilities: finite and in `[0, 1]`.
+
+    Args:
+        x: A floating tensor.
+        name: What the argument is called in error messages.
+
+    Returns:
+        `x` unchanged.
+
+    Raises:
+        TypeError: If `x` is not a floating tensor.
+        ValueError: If a value is NaN or outside `[0, 1]`.
+
+    Examples:
+        >>> check_probabilities(torch.tensor([1.5]), name="probs")
+        Traceback (most recent call last):
+        ...
+        ValueError: probs: expected probabilities in [0, 1], got values in [1.5, 1.5]
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected floating probabilities, got dtype {x.dtype}")
+    if x.numel() > 0:
+        lo, hi = _range_of(x)
+        if math.isnan(lo) or math.isnan(hi) or lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name}: expected probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+            )
+    return x
+
+
+def as_class_names(names: str | Sequence[str], *, name: str = "class_names") -> list[str]:
+    """Return class names as a list; a single `str` is one class, not its characters.
+
+    Args:
+        names: One class name, or a sequence of them.
+        name: What the argument is called in error messages.
+
+    Returns:
+        A non-empty list of the names.
+
+    Raises:
+        TypeError: If `names` is neither a `str` nor a sequence of `str`.
+        ValueError: If no name is given (T=0).
+
+    Examples:
+        >>> as_class_names("cat")
+        ['cat']
+    """
+    if isinstance(names, str):
+        return [names]
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{name}: expected a str or a sequence of str, got {type(names).__name__}")
+    out = list(names)
+    bad = [n for n in out if not isinstance(n, str)]
+    if bad:
+        raise TypeError(
+            f"{name}: expected a sequence of str, got an element of type {type(bad[0]).__name__}"
+        )
+    if not out:
+        raise ValueError(f"{name}: expected at least one class name (T >= 1), got none")
+    return out
+
+
+def check_positive(value: int, *, name: str) -> int:
+    """Check that a size or count is an int `>= 1`.
+
+    Args:
+        value: The value.
+        name: What the argument is called in error messages.
+
+    Returns:
+        `value`.
+
+    Raises:
+        TypeError: If `value` is not an int.
+        ValueError: If `value < 1`.
+
+    Examples:
+        >>> check_positive(0, name="grid_size")
+        Traceback (most recent call last):
+        ...
+        ValueError: grid_size: expected an int >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return value

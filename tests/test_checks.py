@@ -5,7 +5,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from samkit._checks import check_same_device, check_shape
+from samkit._checks import (
+    as_class_names,
+    as_float,
+    as_image,
+    check_binary,
+    check_positive,
+    check_probabilities,
+    check_same_device,
+    check_shape,
+)
 
 
 class TestCheckShape:
@@ -58,3 +67,81 @@ def test_check_same_device_raises_with_names() -> None:
     meta = torch.zeros(1, device="meta")
     with pytest.raises(ValueError, match="a is on cpu but b is on meta"):
         check_same_device(torch.zeros(1), meta, names=("a", "b"))
+
+
+class TestAsImage:
+    def test_uint8_becomes_unit_float(self) -> None:
+        x = torch.randint(0, 256, (2, 3, 4, 5), dtype=torch.uint8)
+        out = as_image(x)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, x.float() / 255.0)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+    def test_float_dtypes_become_float32(self, dtype: torch.dtype) -> None:
+        x = torch.rand(1, 3, 4, 4)
+        out = as_image(x.to(dtype))
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, x, atol=1e-2, rtol=0)
+
+    def test_module_dtype(self) -> None:
+        assert as_image(torch.rand(1, 3, 2, 2), dtype=torch.float64).dtype == torch.float64
+
+    def test_out_of_range_names_argument_and_range(self) -> None:
+        with pytest.raises(ValueError, match=r"pics: expected float values in \[0, 1\].*255"):
+            as_image(torch.full((1, 3, 2, 2), 255.0), name="pics")
+        with pytest.raises(ValueError, match=r"got values in \[-2"):
+            as_image(torch.full((1, 3, 2, 2), -2.0))
+
+    def test_rounding_is_clamped(self) -> None:
+        x = torch.full((1, 3, 2, 2), 1.0 + 1e-5)
+        assert float(as_image(x).max()) == 1.0
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+    def test_non_finite(self, bad: float) -> None:
+        x = torch.rand(1, 3, 2, 2)
+        x[0, 1, 1, 0] = bad
+        with pytest.raises(ValueError, match="images: expected finite pixel values"):
+            as_image(x)
+
+    @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int32])
+    def test_ambiguous_dtypes(self, dtype: torch.dtype) -> None:
+        with pytest.raises(TypeError, match=f"got dtype {dtype}"):
+            as_image(torch.zeros(1, 3, 2, 2, dtype=dtype))
+
+    def test_empty_batch_passes(self) -> None:
+        assert as_image(torch.zeros(0, 3, 4, 4)).shape == (0, 3, 4, 4)
+
+
+def test_as_float_casts_and_rejects_integers() -> None:
+    assert as_float(torch.ones(2, dtype=torch.bfloat16), name="x").dtype == torch.float32
+    with pytest.raises(TypeError, match="feats: expected a floating-point tensor"):
+        as_float(torch.ones(2, dtype=torch.long), name="feats")
+
+
+def test_check_binary() -> None:
+    assert check_binary(torch.tensor([0, 1, 1]), name="m").tolist() == [False, True, True]
+    with pytest.raises(ValueError, match=r"masks: expected a binary mask .* got value 0.5"):
+        check_binary(torch.tensor([0.0, 0.5]), name="masks")
+
+
+def test_check_probabilities() -> None:
+    check_probabilities(torch.tensor([0.0, 1.0]), name="p")
+    with pytest.raises(ValueError, match=r"p: expected probabilities in \[0, 1\]"):
+        check_probabilities(torch.tensor([0.2, float("nan")]), name="p")
+    with pytest.raises(ValueError, match="p: expected probabilities"):
+        check_probabilities(torch.tensor([-0.1]), name="p")
+
+
+def test_as_class_names() -> None:
+    assert as_class_names("cat") == ["cat"]
+    assert as_class_names(("cat", "dog")) == ["cat", "dog"]
+    with pytest.raises(ValueError, match=r"class_names: expected at least one class name"):
+        as_class_names([])
+    with pytest.raises(TypeError, match="element of type int"):
+        as_class_names(["cat", 3])  # type: ignore[list-item]
+
+
+def test_check_positive() -> None:
+    assert check_positive(3, name="g") == 3
+    with pytest.raises(ValueError, match="grid_size: expected an int >= 1, got -1"):
+        check_positive(-1, name="grid_size")
