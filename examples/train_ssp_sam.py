@@ -237,10 +237,11 @@ def evaluate(
             idx = torch.arange(start, min(start + batch_size, len(split.scene)))
             out = run_batch(model, split, text, idx, upsample=True)
             assert out.logits is not None
-            pred = ((out.logits[:, 0] > 0) & out.has_target[:, None, None]).cpu()
+            # the mask and the model's no-target decision, scored as ReLA does
+            pred, has = (out.logits[:, 0] > 0).cpu(), out.has_target.cpu()
             gt = split.full_masks[idx]
-            metrics.update(pred, gt)
-            ious.append(referring_iou(pred, gt)[2])
+            metrics.update(pred, gt, has_target=has)
+            ious.append(referring_iou(pred, gt, has_target=has)[2])
             decided.append(out.has_target.cpu())
     model.train()
     if by_kind is not None:

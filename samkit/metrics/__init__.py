@@ -19,8 +19,11 @@ from samkit.metrics.referring import (
 )
 from samkit.metrics.semantic import (
     SemanticIoU,
+    SemanticScores,
     confusion_matrix,
+    intersect_and_union,
     mean_iou,
+    semantic_metrics,
 )
 
 __all__ = [
@@ -30,12 +33,15 @@ __all__ = [
     "REFERENCE_EMPTY_TOLERANCE",
     "ReferringMetrics",
     "SemanticIoU",
+    "SemanticScores",
     "confusion_matrix",
     "has_target_from_mask",
+    "intersect_and_union",
     "mask_ap",
     "mean_iou",
     "panoptic_quality",
     "referring_iou",
     "referring_metrics",
+    "semantic_metrics",
     "to_sam_padded_frame",
 ]

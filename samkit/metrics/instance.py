@@ -1,28 +1,56 @@
-"""Mask average precision (COCO AP) through pycocotools' `COCOeval`, streaming over images.
+"""Mask average precision: pycocotools' `COCOeval` (segm), streaming over images.
+
+`MaskAP.compute` returns COCOeval's twelve summary numbers, computed by pycocotools itself on the
+accumulated images: `ap` (AP@[.50:.95]), `ap50`, `ap75`, `ap_small`, `ap_medium`, `ap_large`,
+`ar1`, `ar10`, `ar100`, `ar_small`, `ar_medium`, `ar_large` (maxDets 1/10/100, COCO's area ranges
+on the mask area). A stat with nothing to average over is `-1`, as COCOeval reports it: every stat
+before any ground truth (or without ground truth in an area range); a category without ground truth
+is left out of the means. No detection at all is scored, not special-cased: every stat is 0 where
+ground truth exists (pycocotools' `loadRes` cannot load an empty result list, so the result set is
+built as `loadRes` builds it: mask area, mask bbox, ids from 1, `iscrowd` 0).
+
+Class ids are samkit's 0-based labels; they become COCO category ids `label + 1`. Ground-truth
+crowd regions (`gt_iscrowd`) are matched and ignored as COCOeval does.
 
 pycocotools is an optional dependency (the `test` extra installs it); the metric raises an
 `ImportError` that says how to install it when it is missing.
 
 Axis legend:
-    m - predicted masks (M)
-    g - ground-truth masks (G)
-    hw - pixels (H, W)
+    M - predicted masks
+    G - ground-truth masks
+    H W - pixels
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
-from samkit._checks import check_shape
+from samkit._checks import check_binary, check_shape
 
 __all__ = ["MaskAP", "mask_ap"]
 
-_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+_KEYS = (
+    "ap",
+    "ap50",
+    "ap75",
+    "ap_small",
+    "ap_medium",
+    "ap_large",
+    "ar1",
+    "ar10",
+    "ar100",
+    "ar_small",
+    "ar_medium",
+    "ar_large",
+)
 
 
 def _require_pycocotools() -> Any:
@@ -42,16 +70,41 @@ def _rle(mask: Tensor) -> dict[str, Any]:
     return mask_utils.encode(arr)
 
 
+def _labels(x: Tensor, *, name: str, n: int) -> list[int]:
+    """Class ids `(n,)` as Python ints; integral and `>= 0` (any numeric dtype)."""
+    check_shape(x, "N", name=name, known={"N": n})
+    if n == 0:
+        return []
+    vals = x.detach().to("cpu").double()
+    if bool((vals != vals.round()).any()) or bool((vals < 0).any()):
+        bad = vals[(vals != vals.round()) | (vals < 0)][0]
+        raise ValueError(f"{name}: expected integer class ids >= 0, got {float(bad):g}")
+    return [int(v) for v in vals.tolist()]
+
+
+def _scores(x: Tensor, *, n: int) -> list[float]:
+    check_shape(x, "M", name="pred_scores", known={"M": n})
+    vals = [float(v) for v in x.detach().to("cpu").double().tolist()]
+    bad = [v for v in vals if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"pred_scores: expected finite scores, got {bad[0]}")
+    return vals
+
+
 class MaskAP:
-    """Streaming COCO mask AP (AP@[.5:.95], AP50, AP75, AP small/medium/large) via `COCOeval`.
+    """Streaming COCO mask AP / AR: the 12 `COCOeval` stats (see the module docstring).
 
     Examples:
         >>> metric = MaskAP()
         >>> m = torch.zeros(1, 8, 8, dtype=torch.bool); m[0, 2:6, 2:6] = True
         >>> metric.update(m, torch.tensor([0.9]), torch.tensor([0]), m, torch.tensor([0]))
-        >>> round(metric.compute()["ap"], 3)
-        1.0
+        >>> r = metric.compute()
+        >>> round(r["ap"], 3), round(r["ar100"], 3), r["ap_large"]  # a 16 px object is small
+        (1.0, 1.0, -1.0)
     """
+
+    KEYS: tuple[str, ...] = _KEYS
+    """The keys of `compute`, in COCOeval's `stats` order."""
 
     def __init__(self) -> None:
         """Create the metric (checks that pycocotools is importable)."""
@@ -77,90 +130,119 @@ class MaskAP:
         """Add one image.
 
         Args:
-            pred_masks: Predicted masks `(M, H, W)` (bool).
-            pred_scores: Scores `(M,)`.
-            pred_labels: Class ids `(M,)`.
-            gt_masks: Ground-truth masks `(G, H, W)` (bool).
-            gt_labels: Class ids `(G,)`.
-            gt_iscrowd: Optional `(G,)` bool crowd flags.
+            pred_masks: Predicted binary masks `(M, H, W)` (bool or 0/1).
+            pred_scores: Confidence scores `(M,)`, any finite reals (only their order matters).
+            pred_labels: Class ids `(M,)`, integers `>= 0`.
+            gt_masks: Ground-truth binary masks `(G, H, W)`.
+            gt_labels: Class ids `(G,)`, integers `>= 0`.
+            gt_iscrowd: Optional `(G,)` binary crowd flags.
 
         Raises:
-            ValueError: On inconsistent shapes.
+            ValueError: On inconsistent shapes, non-binary masks, non-finite scores or class ids
+                that are not integers `>= 0`; the message names the argument.
         """
         s = check_shape(gt_masks, "G H W", name="gt_masks")
-        check_shape(pred_masks, "M H W", name="pred_masks", known={"H": s["H"], "W": s["W"]})
-        check_shape(gt_labels, "G", name="gt_labels", known=s)
+        m = check_shape(pred_masks, "M H W", name="pred_masks", known={"H": s["H"], "W": s["W"]})
+        gt_bool = check_binary(gt_masks, name="gt_masks")
+        pred_bool = check_binary(pred_masks, name="pred_masks")
+        scores = _scores(pred_scores, n=m["M"])
+        labels = _labels(pred_labels, name="pred_labels", n=m["M"])
+        g_labels = _labels(gt_labels, name="gt_labels", n=s["G"])
+        crowd = [0] * s["G"]
+        if gt_iscrowd is not None:
+            check_shape(gt_iscrowd, "G", name="gt_iscrowd", known=s)
+            crowd = [int(v) for v in check_binary(gt_iscrowd, name="gt_iscrowd").tolist()]
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "height": s["H"], "width": s["W"]})
         mask_utils = _require_pycocotools()
         for g in range(s["G"]):
-            rle = _rle(gt_masks[g])
+            rle = _rle(gt_bool[g])
             self.gts.append(
                 {
                     "id": len(self.gts) + 1,
                     "image_id": image_id,
-                    "category_id": int(gt_labels[g]) + 1,
+                    "category_id": g_labels[g] + 1,
                     "segmentation": rle,
                     "area": float(mask_utils.area(rle)),
                     "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                    "iscrowd": int(gt_iscrowd[g]) if gt_iscrowd is not None else 0,
+                    "iscrowd": crowd[g],
                 }
             )
-            self.categories.add(int(gt_labels[g]) + 1)
-        for m in range(pred_masks.shape[0]):
+            self.categories.add(g_labels[g] + 1)
+        for k in range(m["M"]):
             self.dets.append(
                 {
                     "image_id": image_id,
-                    "category_id": int(pred_labels[m]) + 1,
-                    "segmentation": _rle(pred_masks[m]),
-                    "score": float(pred_scores[m]),
+                    "category_id": labels[k] + 1,
+                    "segmentation": _rle(pred_bool[k]),
+                    "score": scores[k],
                 }
             )
-            self.categories.add(int(pred_labels[m]) + 1)
+            self.categories.add(labels[k] + 1)
+
+    def _coco(self) -> tuple[Any, Any]:
+        """Ground truth and results as pycocotools `COCO` objects (results as `loadRes` does)."""
+        from pycocotools.coco import COCO
+
+        mask_utils = _require_pycocotools()
+        categories = [{"id": c} for c in sorted(self.categories)]
+        gt = COCO()
+        gt.dataset = {"images": self.images, "annotations": self.gts, "categories": categories}
+        gt.createIndex()
+        results = []
+        for i, det in enumerate(self.dets):
+            rle = det["segmentation"]
+            results.append(
+                {
+                    **det,
+                    "area": mask_utils.area(rle),
+                    "bbox": mask_utils.toBbox(rle),
+                    "id": i + 1,
+                    "iscrowd": 0,
+                }
+            )
+        dt = COCO()
+        dt.dataset = {
+            "images": list(self.images),
+            "annotations": results,
+            "categories": copy.deepcopy(categories),
+        }
+        dt.createIndex()
+        return gt, dt
 
     def compute(self) -> dict[str, float]:
-        """COCO summary numbers in `[0, 1]` (`-1` where undefined, as COCOeval reports)."""
-        from pycocotools.coco import COCO
+        """The 12 COCOeval stats in `[0, 1]`, `-1` where undefined (keys: `MaskAP.KEYS`)."""
         from pycocotools.cocoeval import COCOeval
 
-        if not self.dets or not self.gts:
-            return dict.fromkeys(_KEYS, 0.0 if self.gts else -1.0)
         with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO()
-            gt.dataset = {
-                "images": self.images,
-                "annotations": self.gts,
-                "categories": [{"id": c} for c in sorted(self.categories)],
-            }
-            gt.createIndex()
-            dt = gt.loadRes(self.dets)
+            gt, dt = self._coco()
             ev = COCOeval(gt, dt, iouType="segm")
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        return {k: float(v) for k, v in zip(_KEYS, ev.stats[:6], strict=True)}
+        return {k: float(v) for k, v in zip(_KEYS, ev.stats, strict=True)}
 
 
 def mask_ap(
-    predictions: list[tuple[Tensor, Tensor, Tensor]],
-    targets: list[tuple[Tensor, Tensor]],
+    predictions: Sequence[tuple[Tensor, Tensor, Tensor]],
+    targets: Sequence[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]],
 ) -> dict[str, float]:
-    """COCO mask AP over a list of images; see `MaskAP`.
+    """COCO mask AP / AR over a list of images; see `MaskAP`.
 
     Args:
         predictions: Per image `(masks (M, H, W), scores (M,), labels (M,))`.
-        targets: Per image `(masks (G, H, W), labels (G,))`.
+        targets: Per image `(masks (G, H, W), labels (G,))`, optionally with `iscrowd (G,)`.
 
     Returns:
-        The COCO summary dict (`ap`, `ap50`, `ap75`, `ap_small`, `ap_medium`, `ap_large`).
+        The 12 COCOeval stats (`MaskAP.KEYS`).
 
     Raises:
-        ValueError: If the lists differ in length.
+        ValueError: If the lists differ in length, or on an invalid image (see `MaskAP.update`).
         ImportError: If pycocotools is not installed.
     """
     if len(predictions) != len(targets):
         raise ValueError(f"mask_ap: {len(predictions)} predictions but {len(targets)} targets")
     metric = MaskAP()
-    for (pm, ps, pl), (gm, gl) in zip(predictions, targets, strict=True):
-        metric.update(pm, ps, pl, gm, gl)
+    for (pm, ps, pl), target in zip(predictions, targets, strict=True):
+        metric.update(pm, ps, pl, *target)
     return metric.compute()

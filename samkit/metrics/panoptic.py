@@ -1,18 +1,33 @@
-"""Panoptic quality (PQ = SQ x RQ) with panopticapi's definition, streaming over images.
+"""Panoptic quality (PQ = SQ x RQ) with panopticapi's `pq_compute` semantics, streaming over images.
 
-A predicted and a ground-truth segment of the same class match when their IoU exceeds 0.5, the
-IoU ignoring predicted pixels that fall on void ground truth. Unmatched ground truths are false
-negatives unless crowd; unmatched predictions are false positives unless more than half of them
-lies on void or on a crowd region of their class. `PQ_c = sum IoU_TP / (TP + FP/2 + FN/2)`,
-averaged over the classes that occur (in ground truth or prediction), for all classes, things and
-stuff.
+Per image (panopticapi's `pq_compute_single_core`):
+
+* A predicted and a ground-truth segment of the same category match when their IoU exceeds 0.5;
+  the union leaves out the predicted pixels that fall on void ground truth (id 0).
+* Crowd ground truth (`iscrowd`) is never matched and never a false negative. An unmatched
+  prediction is not a false positive when more than half of its area lies on void plus the crowd
+  region of its own category (as in panopticapi, one crowd region per category and image: the
+  last listed one).
+* Every other unmatched ground truth is a false negative and every other unmatched prediction a
+  false positive.
+
+`PQ_c = sum IoU_TP / (TP + FP/2 + FN/2)`, `SQ_c = sum IoU_TP / TP` (0 without TP),
+`RQ_c = TP / (TP + FP/2 + FN/2)`, averaged over the categories with `TP + FP + FN > 0`, for all
+categories, things and stuff. An average over no category is `NaN` (panopticapi divides by zero).
+
+A segment whose category is neither a thing nor a stuff category is a `ValueError` (panopticapi
+raises for predictions; it would silently leave such ground truth out of every average).
+Deviations, by design: a pixel id missing from its segment list is void rather than an error, and
+a listed segment with no pixel is skipped (panopticapi raises for such a prediction and counts such
+a ground truth, whose area comes from the JSON, as a false negative).
 
 Axis legend:
-    hw - pixels (H, W)
+    H W - pixels
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -33,13 +48,25 @@ def _get(seg: Any, key: str, default: Any = None) -> Any:
     return getattr(seg, key, default)
 
 
-def _segments(segments: Sequence[Any]) -> dict[int, dict[str, int]]:
-    out = {}
+def _segments(
+    segments: Sequence[Any], *, name: str, categories: set[int]
+) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
     for seg in segments:
-        out[int(_get(seg, "id"))] = {
-            "category_id": int(_get(seg, "category_id")),
-            "iscrowd": int(bool(_get(seg, "iscrowd", 0))),
-        }
+        seg_id, cat = _get(seg, "id"), _get(seg, "category_id")
+        if seg_id is None or cat is None:
+            raise ValueError(f"{name}: expected segments with `id` and `category_id`, got {seg!r}")
+        seg_id, cat = int(seg_id), int(cat)
+        if seg_id <= 0:
+            raise ValueError(f"{name}: expected segment ids >= 1 (0 is void), got id {seg_id}")
+        if seg_id in out:
+            raise ValueError(f"{name}: expected unique segment ids, got id {seg_id} twice")
+        if cat not in categories:
+            raise ValueError(
+                f"{name}: segment {seg_id} has category_id {cat}, which is neither a thing nor a "
+                f"stuff category ({sorted(categories)})"
+            )
+        out[seg_id] = {"category_id": cat, "iscrowd": int(bool(_get(seg, "iscrowd", 0)))}
     return out
 
 
@@ -54,8 +81,9 @@ class _Stat:
 class PanopticQuality:
     """Streaming PQ / SQ / RQ for all classes, things and stuff (panopticapi semantics).
 
-    Segment lists are sequences of dicts (or objects) with `id`, `category_id` and optionally
-    `iscrowd`; pixel id 0, and any id missing from a list, is void.
+    Segment lists are sequences of dicts (or objects) with `id` (`>= 1`, unique), `category_id`
+    (a thing or stuff category) and optionally `iscrowd`; pixel id 0, and any id missing from a
+    list, is void.
 
     Examples:
         >>> pq = PanopticQuality(things=[0], stuff=[1])
@@ -72,9 +100,17 @@ class PanopticQuality:
         Args:
             things: Thing class ids.
             stuff: Stuff class ids.
+
+        Raises:
+            ValueError: If a class is both thing and stuff, or no class is given.
         """
         self.things = {int(c) for c in things}
         self.stuff = {int(c) for c in stuff}
+        both = self.things & self.stuff
+        if both:
+            raise ValueError(f"things, stuff: expected disjoint sets, got {sorted(both)} in both")
+        if not self.things | self.stuff:
+            raise ValueError("things, stuff: expected at least one category, got none")
         self.reset()
 
     def reset(self) -> None:
@@ -91,19 +127,26 @@ class PanopticQuality:
         """Accumulate one image.
 
         Args:
-            pred: Predicted segment ids `(H, W)`.
+            pred: Predicted segment ids `(H, W)` (integer).
             pred_segments: Predicted segments (`id`, `category_id`).
-            target: Ground-truth segment ids `(H, W)`.
-            target_segments: Ground-truth segments (`id`, `category_id`, `iscrowd`).
+            target: Ground-truth segment ids `(H, W)` (integer).
+            target_segments: Ground-truth segments (`id`, `category_id`, optional `iscrowd`).
 
         Raises:
-            ValueError: If the maps differ in shape.
+            ValueError: If the maps differ in shape, or a segment has an id < 1, a repeated id or
+                a category that is neither thing nor stuff.
+            TypeError: If a map is not an integer tensor.
         """
         s = check_shape(target, "H W", name="target")
         check_shape(pred, "H W", name="pred", known=s)
-        gt_segs, pred_segs = _segments(target_segments), _segments(pred_segments)
+        for x, name in ((pred, "pred"), (target, "target")):
+            if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                raise TypeError(f"{name}: expected integer segment ids, got dtype {x.dtype}")
+        categories = self.things | self.stuff
+        gt_segs = _segments(target_segments, name="target_segments", categories=categories)
+        pred_segs = _segments(pred_segments, name="pred_segments", categories=categories)
         gt = _void_unlisted(target.long(), gt_segs)
-        pr = _void_unlisted(pred.long(), pred_segs)
+        pr = _void_unlisted(pred.long().to(gt.device), pred_segs)
         gt_area = _areas(gt)
         pred_area = _areas(pr)
         pairs, counts = torch.unique(gt * _OFFSET + pr, return_counts=True)
@@ -146,7 +189,12 @@ class PanopticQuality:
             self.stats[info["category_id"]].fp += 1
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """PQ, SQ, RQ (in `[0, 1]`) and the class count `n` for `all`, `things` and `stuff`."""
+        """PQ, SQ, RQ (in `[0, 1]`) and the class count `n` for `all`, `things` and `stuff`.
+
+        Returns:
+            `{"all" | "things" | "stuff": {"pq", "sq", "rq", "n"}}`; `pq`, `sq`, `rq` are `NaN`
+            when no category of the group has a TP, FP or FN (`n == 0`).
+        """
         out = {}
         for name, classes in (
             ("all", self.things | self.stuff),
@@ -164,8 +212,10 @@ class PanopticQuality:
                 pq += st.iou / denom
                 sq += st.iou / st.tp if st.tp else 0.0
                 rq += st.tp / denom
-            k = max(n, 1)
-            out[name] = {"pq": pq / k, "sq": sq / k, "rq": rq / k, "n": float(n)}
+            if n == 0:
+                out[name] = {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0.0}
+            else:
+                out[name] = {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": float(n)}
         return out
 
 
