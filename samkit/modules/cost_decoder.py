@@ -94,4 +94,4 @@ class UpsamplingDecoder(nn.Module):
             size = {"B": s["B"], "G": self.guidance_dims[i]}
             check_shape(g, "B G h w", name=f"guidance[{i}]", known=size)
             z = stage(z, repeat(g, "b g h w -> (b t) g h w", t=s["T"]))
-        return rearrange(self.head(z), "(b t) 1 h w -> b t h w", b=s["B"])
+        return rearrange(self.head(z), "(b t) 1 h w -> b t h w", b=s["B"], t=s["T"])
