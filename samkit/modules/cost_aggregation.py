@@ -269,7 +269,7 @@ class CostAggregator(nn.Module):
                 f"intermediates: expected {len(self.upsample_tap)} taps, got {len(intermediates)}"
             )
         return [
-            up(as_float(t, name=f"intermediates[{i}]", dtype=up.weight.dtype))
+            up(as_float(t, name=f"intermediates[{i}]", dtype=next(up.parameters()).dtype))
             for i, (up, t) in enumerate(zip(self.upsample_tap, intermediates, strict=True))
         ]
 

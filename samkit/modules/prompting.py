@@ -58,7 +58,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the MLP to `(..., in_dim)` (any float dtype), giving `(..., out_dim)`."""
-        x = as_float(x, name="x", dtype=self.layers[0].weight.dtype)
+        x = as_float(x, name="x", dtype=next(self.parameters()).dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
