@@ -370,4 +370,5 @@ def expected_points(prob: Tensor) -> Tensor:
     """
     check_shape(prob, "B g g", name="prob")
     check_probabilities(prob, name="prob")
-    return prob.flatten(1).sum(dim=1)
+    dtype = torch.float64 if prob.dtype == torch.float64 else torch.float32
+    return prob.flatten(1).to(dtype).sum(dim=1)

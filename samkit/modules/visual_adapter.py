@@ -50,7 +50,7 @@ def normalize_clip_tokens(
         axis: `"channel"` (default) or `"token"` (reference quirk).
 
     Returns:
-        Normalised patch features `(B, N, C)`.
+        Normalised patch features `(B, N, C)`, float32 (float64 for float64 inputs).
 
     Raises:
         ValueError: On bad shapes, an unknown `axis`, or `axis="token"` without `cls`.
@@ -61,6 +61,9 @@ def normalize_clip_tokens(
         torch.Size([2, 9, 4])
     """
     sizes = check_shape(patches, "B N C", name="patches")
+    # normalise in float32 at least (float64 stays float64)
+    dtype = torch.float64 if patches.dtype == torch.float64 else torch.float32
+    patches = as_float(patches, name="patches", dtype=dtype)
     if axis == "channel":
         return F.normalize(patches, dim=-1)
     if axis != "token":
@@ -68,6 +71,7 @@ def normalize_clip_tokens(
     if cls is None:
         raise ValueError("normalize_clip_tokens: axis='token' needs the CLS features")
     check_shape(cls, "B C", name="cls", known={"B": sizes["B"], "C": sizes["C"]})
+    cls = as_float(cls, name="cls", dtype=dtype)
     tokens = torch.cat([cls[:, None], patches], dim=1)  # (b, 1 + n, c)
     return F.normalize(tokens, dim=1)[:, 1:]
 
