@@ -132,16 +132,19 @@ def predict_masks_batched(
     hs, src_out = dec.transformer(src, pos, tokens)
     iou_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + dec.num_mask_tokens, :]
-    upscaled = dec.output_upscaling(rearrange(src_out, "bk (h w) d -> bk d h w", h=h, w=w))
+    upscaled = dec.output_upscaling(
+        rearrange(src_out, "bk (h w) d -> bk d h w", bk=b * k, h=h, w=w)
+    )
     hyper_in = torch.stack(
         [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)],
         dim=1,
     )  # (bk, m, c)
     uh, uw = upscaled.shape[-2:]
     masks = hyper_in @ rearrange(upscaled, "bk c h w -> bk c (h w)")
-    masks = rearrange(masks, "(b k) m (h w) -> b k m h w", b=b, h=uh, w=uw)
-    iou = rearrange(dec.iou_prediction_head(iou_out), "(b k) m -> b k m", b=b)
-    mask_tokens = rearrange(mask_tokens_out, "(b k) m d -> b k m d", b=b)
+    # every axis size is given, so an empty batch (b * k = 0) reshapes too
+    masks = rearrange(masks, "(b k) m (h w) -> b k m h w", b=b, k=k, h=uh, w=uw)
+    iou = rearrange(dec.iou_prediction_head(iou_out), "(b k) m -> b k m", b=b, k=k)
+    mask_tokens = rearrange(mask_tokens_out, "(b k) m d -> b k m d", b=b, k=k)
     return masks, iou, mask_tokens
 
 

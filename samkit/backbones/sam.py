@@ -5,13 +5,17 @@ segment_anything's own `ImageEncoderViT`, `PromptEncoder` and `MaskDecoder` and 
 `SamBackbone`, which offers the whole SAM pipeline on tensors without going through
 `Sam.forward` (which is `no_grad` and decodes one image per call):
 
-    images (B, 3, H, W) in [0, 1]
+    images (B, 3, H, W), float in [0, 1] or uint8 in [0, 255]
       -> preprocess -> encode -> ImageEmbedding (B, D, h, w)
       -> embed_prompts(Prompts (B, K, ...)) -> sparse (B, K, N, D), dense (B, K, D, h, w)
       -> decode -> MaskPrediction (B, K, M, 4h, 4w) [+ (B, K, M, H, W) at original size]
 
 `SamLike` is the protocol every SAM-style backend (HQ-SAM, SAM 2, MobileSAM, EfficientSAM)
 must satisfy to be used by samkit's systems.
+
+Input contract (`samkit._checks`): uint8 images are divided by 255, float images must be finite
+and in `[0, 1]`; any float dtype gives the float32 result (or follows autocast); an empty batch
+(`B = 0`) gives empty outputs of the documented shapes; point labels must be -1, 0 or 1.
 """
 
 # b - images in a batch (B)
@@ -23,6 +27,7 @@ must satisfy to be used by samkit's systems.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -34,7 +39,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, as_image, check_positive, check_shape
 from samkit.backbones._sam_build import (
     PIXEL_MEAN,
     PIXEL_STD,
@@ -53,6 +58,33 @@ from samkit.backbones._sam_ops import (
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
 __all__ = ["SamBackbone", "SamLike", "build_sam_backbone"]
+
+POINT_LABELS = (-1, 0, 1)
+"""The point labels of SAM's `PromptEncoder`: -1 padding, 0 background, 1 foreground."""
+
+
+def _check_point_labels(labels: Tensor, *, name: str) -> None:
+    """Raise a `ValueError` naming `name` unless every label is -1, 0 or 1.
+
+    The check reads the values (a device sync); it is skipped while `torch.compile` traces, so
+    compiled prompt decoding stays free of data-dependent branches.
+    """
+    if labels.numel() == 0 or torch.compiler.is_compiling():
+        return
+    ok = (labels == -1) | (labels == 0) | (labels == 1)
+    if not bool(ok.all()):
+        bad = labels[~ok].reshape(-1)[0]
+        raise ValueError(
+            f"{name}: expected SAM point labels in {{-1, 0, 1}} (-1 padding, 0 background, "
+            f"1 foreground), got {bad.item():g}"
+        )
+
+
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype to feed a module with `weight`: its own, or `x`'s under autocast."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.dtype
+    return weight.dtype
 
 
 @runtime_checkable
@@ -298,26 +330,31 @@ class SamBackbone(nn.Module):
         The resize is bilinear with antialiasing, as `ResizeLongestSide.apply_image_torch`.
 
         Args:
-            images: RGB images `(B, 3, H, W)`, float in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`: float (any float dtype) in `[0, 1]`, or uint8 in
+                `[0, 255]` (what `torchvision.io.read_image` gives), which is divided by 255.
 
         Returns:
-            The model input `(B, 3, S, S)` (`S = img_size`) and `input_size = (h_in, w_in)`, the
-            size of the resized image inside the padded square.
+            The model input `(B, 3, S, S)` (`S = img_size`) in float32 (float64 for a float64
+            model) and `input_size = (h_in, w_in)`, the size of the resized image inside the
+            padded square.
 
         Raises:
-            ValueError: If `images` is not `(B, 3, H, W)`.
+            ValueError: If `images` is not `(B, 3, H, W)`, has NaN/Inf pixels or float values
+                outside `[0, 1]`.
+            TypeError: If `images` is neither uint8 nor floating.
         """
         sizes = check_shape(images, "B 3 H W", name="images")
         input_size = self._resized_size((sizes["H"], sizes["W"]))
         # resize and normalise in (at least) float32: antialiased resizing has no half kernels
-        x = images if images.dtype == torch.float64 else images.float()
+        work = torch.float64 if self.pixel_mean.dtype == torch.float64 else torch.float32
+        x = as_image(images, name="images", dtype=work)
         if input_size != (sizes["H"], sizes["W"]):
             x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
         mean = self.pixel_mean.to(x.dtype)
         std = self.pixel_std.to(x.dtype)
         x = (x * 255.0 - mean) / std
         x = F.pad(x, (0, self.img_size - input_size[1], 0, self.img_size - input_size[0]))
-        return x.to(images.dtype) if images.is_floating_point() else x, input_size
+        return x, input_size
 
     def transform_coords(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
         """Map `(x, y)` pixel coordinates from the original frame to the SAM input frame.
@@ -368,7 +405,7 @@ class SamBackbone(nn.Module):
         """
         check_shape(masks, "... h w", name="masks")
         lead = masks.shape[:-2]
-        x = masks.reshape(-1, 1, *masks.shape[-2:])
+        x = masks.reshape(math.prod(lead), 1, *masks.shape[-2:])
         x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         x = x[..., : input_size[0], : input_size[1]]
         x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
@@ -380,7 +417,9 @@ class SamBackbone(nn.Module):
         """Embed a batch of equally sized images.
 
         Args:
-            images: RGB images `(B, 3, H, W)`, float in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype) or uint8 in
+                `[0, 255]` (divided by 255). `B = 0` gives empty embeddings `(0, D, h, w)`
+                without running the encoder.
             intermediates: Indices of ViT blocks whose outputs to keep (HQ-SAM uses the global
                 attention blocks, e.g. `(2, 5, 8, 11)` for `vit_b`); negative indices count from
                 the end.
@@ -390,17 +429,23 @@ class SamBackbone(nn.Module):
             `intermediates`, one `(B, D_vit, h, w)` per requested block.
 
         Raises:
-            ValueError: If `images` is not `(B, 3, H, W)` or a block index is out of range.
+            ValueError: If `images` is not `(B, 3, H, W)`, is not a valid image (NaN/Inf, float
+                values outside `[0, 1]`) or a block index is out of range.
         """
         sizes = check_shape(images, "B 3 H W", name="images")
         depth = len(self.image_encoder.blocks)
         bad = [i for i in intermediates if not -depth <= i < depth]
         if bad:
-            raise ValueError(f"encode: intermediates {bad} out of range for {depth} blocks")
+            raise ValueError(
+                f"intermediates: expected block indices in [{-depth}, {depth}), got {bad}"
+            )
         x, input_size = self.preprocess(images)
         weight = self.image_encoder.patch_embed.proj.weight
-        if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(weight.dtype)
+        if sizes["B"] == 0:  # segment_anything's window attention cannot reshape an empty batch
+            return self._empty_embedding(
+                weight, input_size, (sizes["H"], sizes["W"]), len(intermediates)
+            )
+        x = x.to(_compute_dtype(x, weight))
         taps: list[Tensor] = []
         if intermediates:
             out, taps = encoder_forward(self.image_encoder, x, intermediates)
@@ -411,6 +456,23 @@ class SamBackbone(nn.Module):
             input_size=input_size,
             original_size=(sizes["H"], sizes["W"]),
             intermediates=taps,
+        )
+
+    def _empty_embedding(
+        self,
+        weight: Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        num_taps: int,
+    ) -> ImageEmbedding:
+        """The `ImageEmbedding` of an empty batch: `(0, D, h, w)`, taps `(0, D_vit, h, w)`."""
+        h, w = self.embedding_size
+        width = int(weight.shape[0])  # ViT width D_vit
+        return ImageEmbedding(
+            embeddings=weight.new_zeros(0, self.prompt_dim, h, w),
+            input_size=input_size,
+            original_size=original_size,
+            intermediates=[weight.new_zeros(0, width, h, w) for _ in range(num_taps)],
         )
 
     # ------------------------------------------------------------------ prompts
@@ -437,8 +499,8 @@ class SamBackbone(nn.Module):
             `sparse (B, K, N, D)` (`N` may be 0) and `dense (B, K, D, h, w)`.
 
         Raises:
-            ValueError: If `prompts` is empty and no `batch_shape` is given, or a tensor has the
-                wrong size.
+            ValueError: If `prompts` is empty and no `batch_shape` is given, a tensor has the
+                wrong size, or a point label is not -1, 0 or 1.
         """
         shape = prompts.batch_shape or batch_shape
         if shape is None:
@@ -449,6 +511,7 @@ class SamBackbone(nn.Module):
         weight = self.prompt_encoder.no_mask_embed.weight
         parts: list[Tensor] = []
         if prompts.points is not None and prompts.labels is not None:
+            _check_point_labels(prompts.labels, name="prompts.labels")
             pad = prompts.boxes is None
             parts.append(embed_points(self.prompt_encoder, prompts.points, prompts.labels, pad=pad))
         if prompts.boxes is not None:
@@ -457,7 +520,9 @@ class SamBackbone(nn.Module):
             check_shape(
                 prompts.sparse_embeddings, "B K N D", name="sparse_embeddings", known={"D": d}
             )
-            parts.append(prompts.sparse_embeddings.to(weight.dtype))
+            parts.append(
+                as_float(prompts.sparse_embeddings, name="sparse_embeddings", dtype=weight.dtype)
+            )
         sparse = torch.cat(parts, dim=2) if parts else weight.new_zeros(b, k, 0, d)
         if prompts.dense_embeddings is not None:
             check_shape(
@@ -466,12 +531,15 @@ class SamBackbone(nn.Module):
                 name="dense_embeddings",
                 known={"D": d, "h": h, "w": w},
             )
-            dense = prompts.dense_embeddings.to(weight.dtype)
+            dense = as_float(prompts.dense_embeddings, name="dense_embeddings", dtype=weight.dtype)
         elif prompts.masks is not None:
             check_shape(prompts.masks, "B K 1 H W", name="masks", known={"H": 4 * h, "W": 4 * w})
-            flat = rearrange(prompts.masks.to(weight.dtype), "b k c H W -> (b k) c H W")
+            masks = prompts.masks
+            masks = masks.to(weight.dtype) if masks.dtype == torch.bool else masks
+            masks = as_float(masks, name="prompts.masks", dtype=weight.dtype)
+            flat = rearrange(masks, "b k c H W -> (b k) c H W")
             dense = rearrange(
-                self.prompt_encoder.mask_downscaling(flat), "(b k) d h w -> b k d h w", b=b
+                self.prompt_encoder.mask_downscaling(flat), "(b k) d h w -> b k d h w", b=b, k=k
             )
         else:
             dense = repeat(weight[0], "d -> b k d h w", b=b, k=k, h=h, w=w)
@@ -513,8 +581,12 @@ class SamBackbone(nn.Module):
         s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
         s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
         check_shape(dense, "B K D h w", name="dense", known=s)
+        weight = self.mask_decoder.iou_token.weight
+        emb = as_float(emb, name="embedding.embeddings", dtype=_compute_dtype(emb, weight))
+        sparse = as_float(sparse, name="sparse", dtype=emb.dtype)
+        dense = as_float(dense, name="dense", dtype=emb.dtype)
         masks, iou, mask_tokens = predict_masks_batched(
-            self.mask_decoder, emb, self.dense_pe(), sparse.to(emb.dtype), dense.to(emb.dtype)
+            self.mask_decoder, emb, self.dense_pe(), sparse, dense
         )
         sel = slice(1, None) if multimask else slice(0, 1)
         low_res = masks[:, :, sel]
@@ -590,14 +662,15 @@ class SamBackbone(nn.Module):
             `iou_scores (B, N, M)`, `tokens (B, N, M, D)`.
 
         Raises:
-            ValueError: On mismatched shapes or a non-positive `batch_size`.
+            ValueError: On mismatched shapes, a label other than -1, 0 and 1 or a non-positive
+                `batch_size`.
         """
         s = check_shape(points, "B N 2", name="points", known={"B": embedding.batch_size})
         if labels is None:
             labels = points.new_ones(s["B"], s["N"])
         check_shape(labels, "B N", name="labels", known=s)
-        if batch_size < 1:
-            raise ValueError(f"predict_points: batch_size must be >= 1, got {batch_size}")
+        _check_point_labels(labels, name="labels")
+        check_positive(batch_size, name="batch_size")
         chunks: list[MaskPrediction] = []
         for start in range(0, s["N"], batch_size):
             sl = slice(start, start + batch_size)
@@ -620,7 +693,7 @@ class SamBackbone(nn.Module):
         """Encode `images` and decode `prompts` on them (`encode` + `predict`).
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8.
             prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
             multimask: Return 3 masks per prompt instead of 1.
             upsample: Also return `logits` at the original image size.

@@ -14,19 +14,24 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 from torchvision.ops import generalized_box_iou_loss as _tv_giou_loss
 
-from samkit.losses.segmentation import Reduction, _reduce
+from samkit._checks import as_float
+from samkit.losses.segmentation import Reduction, _loss_dtype, _reduce
 
 __all__ = ["BoxL1Loss", "GIoULoss", "box_l1_loss", "giou_loss"]
 
 BoxFormat = Literal["cxcywh", "xyxy", "xywh"]
 
 
-def _check_boxes(pred: Tensor, target: Tensor, name: str) -> None:
+def _check_boxes(pred: Tensor, target: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Check shapes; return `(pred, target)` in float32 (float64 for float64 predictions)."""
     if pred.shape != target.shape or pred.dim() < 1 or pred.shape[-1] != 4:
         raise ValueError(
             f"{name}: expected pred and target of the same shape (..., 4), "
             f"got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
+    dtype = _loss_dtype(pred)
+    target = target.to(dtype) if not target.is_floating_point() else target
+    return as_float(pred, name="pred", dtype=dtype), as_float(target, name="target", dtype=dtype)
 
 
 def box_l1_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
@@ -47,8 +52,8 @@ def box_l1_loss(pred: Tensor, target: Tensor, *, reduction: Reduction = "mean") 
         >>> box_l1_loss(torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.4, 0.5, 0.2, 0.4]]))
         tensor(0.3000)
     """
-    _check_boxes(pred, target, "box_l1_loss")
-    return _reduce((pred - target.to(pred.dtype)).abs().sum(-1), reduction)
+    pred, target = _check_boxes(pred, target, "box_l1_loss")
+    return _reduce((pred - target).abs().sum(-1), reduction)
 
 
 def giou_loss(
@@ -79,10 +84,10 @@ def giou_loss(
         >>> round(giou_loss(b, b).item(), 4), round(giou_loss(b, b + 0.5).item(), 4)
         (0.0, 1.4127)
     """
-    _check_boxes(pred, target, "giou_loss")
+    pred, target = _check_boxes(pred, target, "giou_loss")
     shape = pred.shape[:-1]
     p = box_convert(pred.reshape(-1, 4), box_format, "xyxy")
-    t = box_convert(target.to(pred.dtype).reshape(-1, 4), box_format, "xyxy")
+    t = box_convert(target.reshape(-1, 4), box_format, "xyxy")
     loss = _tv_giou_loss(p, t, reduction="none", eps=eps).reshape(shape)
     return _reduce(loss, reduction)
 

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from samkit._checks import check_shape
 from samkit.losses.box import box_l1_loss, giou_loss
-from samkit.losses.segmentation import dice_loss, sigmoid_focal_loss
+from samkit.losses.segmentation import _binary, _reduce, dice_loss, sigmoid_focal_loss
 from samkit.types import ReferringLossTerms
 
 __all__ = ["ReferringLoss", "referring_loss"]
@@ -29,8 +29,8 @@ def _box_terms(
 ) -> tuple[Tensor, Tensor]:
     l1 = box_l1_loss(pred_boxes, target_boxes, reduction="none")  # (B,)
     giou = giou_loss(pred_boxes, target_boxes, reduction="none")
-    if empty_box == "include":
-        return l1.mean(), giou.mean()
+    if empty_box == "include":  # an empty batch gives 0, not NaN
+        return _reduce(l1, "mean"), _reduce(giou, "mean")
     if empty_box != "skip":
         raise ValueError(f"empty_box must be 'skip' or 'include', got {empty_box!r}")
     keep = (target_boxes[:, 2:] > 0).all(-1).to(l1.dtype)  # zero-size box = no target
@@ -59,8 +59,8 @@ def referring_loss(
 
     Args:
         mask_logits: Mask logits `(B, 1, H, W)` (or `None` for a box-only loss).
-        mask_targets: Binary masks `(B, 1, H, W)` in the same frame (all zero for no-target
-            expressions).
+        mask_targets: Binary masks `(B, 1, H, W)` (bool or 0/1) in the same frame (all zero for
+            no-target expressions). An empty batch (`B = 0`) gives zero losses.
         pred_boxes: Predicted boxes `(B, 4)`, normalised `(cx, cy, w, h)`.
         target_boxes: Target boxes `(B, 4)`, same format; a zero-size box marks "no target".
         dice_weight: Weight of the dice term (4 in SSP-SAM).
@@ -80,7 +80,8 @@ def referring_loss(
         `ReferringLossTerms` with the weighted `total` and each unweighted term.
 
     Raises:
-        ValueError: On mismatched shapes or an unknown `empty_box`.
+        ValueError: On mismatched shapes, non-binary `mask_targets` / `has_target` or an unknown
+            `empty_box`.
 
     Examples:
         >>> t = torch.zeros(2, 1, 8, 8); t[0, :, 2:6, 2:6] = 1
@@ -97,7 +98,7 @@ def referring_loss(
     else:
         msizes = check_shape(mask_logits, "B 1 H W", name="mask_logits", known=sizes)
         check_shape(mask_targets, "B 1 H W", name="mask_targets", known=msizes)
-        targets = mask_targets.to(mask_logits.dtype)
+        targets = _binary(mask_targets, name="mask_targets")
         dice = dice_loss(mask_logits, targets)
         focal = sigmoid_focal_loss(mask_logits, targets, alpha=focal_alpha, gamma=focal_gamma)
     total = dice_weight * dice + focal_weight * focal + l1_weight * l1 + giou_weight * giou
@@ -107,9 +108,14 @@ def referring_loss(
             raise ValueError("referring_loss: presence_logits need has_target")
         check_shape(presence_logits, "B", name="presence_logits", known=sizes)
         check_shape(has_target, "B", name="has_target", known=sizes)
-        presence = F.binary_cross_entropy_with_logits(
-            presence_logits, has_target.to(presence_logits.dtype)
+        target = _binary(has_target, name="has_target")
+        logits = (
+            presence_logits.float() if presence_logits.dtype != torch.float64 else presence_logits
         )
+        presence = F.binary_cross_entropy_with_logits(
+            logits, target.to(logits.dtype), reduction="sum"
+        )
+        presence = presence / max(sizes["B"], 1)
         total = total + presence_weight * presence
     return ReferringLossTerms(
         total=total, dice=dice, focal=focal, l1=l1, giou=giou, presence=presence

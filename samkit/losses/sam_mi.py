@@ -16,7 +16,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, check_probabilities, check_shape
+from samkit.losses.segmentation import _loss_dtype
 from samkit.modules.tspp import masks_from_labels, tspp_targets
 from samkit.types import SAMMIOutput, TSPPOutput
 
@@ -27,6 +28,11 @@ def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _check_classes(num_classes: int, *, name: str) -> None:
+    if num_classes < 1:
+        raise ValueError(f"{name}: expected at least one class (T >= 1), got T = {num_classes}")
 
 
 def cost_aggregation_loss(
@@ -46,7 +52,10 @@ def cost_aggregation_loss(
             `"exclude"` (void pixels are left out of the mean).
 
     Returns:
-        The scalar loss.
+        The scalar loss (0 for an empty batch).
+
+    Raises:
+        ValueError: On mismatched shapes, `T = 0` or an unknown `ignore_mode`.
 
     Examples:
         >>> logits = torch.full((1, 2, 2, 2), -20.0); logits[0, 0] = 20.0
@@ -55,11 +64,13 @@ def cost_aggregation_loss(
     """
     s = check_shape(logits, "B T h w", name="logits")
     check_shape(labels, "B H W", name="labels", known={"B": s["B"]})
+    _check_classes(s["T"], name="logits")
+    logits = as_float(logits, name="logits", dtype=_loss_dtype(logits))
     up = _upsample(logits, tuple(labels.shape[-2:]))  # type: ignore[arg-type]
     target = masks_from_labels(labels, s["T"], ignore_index=ignore_index).to(up.dtype)
     loss = F.binary_cross_entropy_with_logits(up, target, reduction="none")
     if ignore_mode == "zero":
-        return loss.mean()
+        return loss.sum() / max(loss.numel(), 1)
     if ignore_mode != "exclude":
         raise ValueError(f"ignore_mode must be 'zero' or 'exclude', got {ignore_mode!r}")
     valid = (labels != ignore_index)[:, None].to(loss.dtype)
@@ -84,7 +95,11 @@ def tspp_loss(
         ignore_index: Void label, left out of the cross-entropy.
 
     Returns:
-        The scalar loss (0 contribution from the cross-entropy when every pixel is void).
+        The scalar loss (0 contribution from the cross-entropy when every pixel is void; 0 for
+        an empty batch).
+
+    Raises:
+        ValueError: On mismatched shapes, `T = 0`, or probabilities / targets outside `[0, 1]`.
 
     Examples:
         >>> out = TSPPOutput(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 2, 2),
@@ -97,10 +112,16 @@ def tspp_loss(
     check_shape(prob_targets, "B g g", name="prob_targets", known={"B": s["B"]})
     check_shape(output.prob, "B g g", name="prob", known={"g": prob_targets.shape[-1]})
     check_shape(labels, "B H W", name="labels", known={"B": s["B"]})
-    up = _upsample(output.mask_logits, tuple(labels.shape[-2:]))  # type: ignore[arg-type]
+    _check_classes(s["T"], name="mask_logits")
+    dtype = _loss_dtype(output.mask_logits)
+    prob = check_probabilities(as_float(output.prob, name="prob", dtype=dtype), name="prob")
+    prob_targets = as_float(prob_targets, name="prob_targets", dtype=dtype)
+    check_probabilities(prob_targets, name="prob_targets")
+    mask_logits = as_float(output.mask_logits, name="mask_logits", dtype=dtype)
+    up = _upsample(mask_logits, tuple(labels.shape[-2:]))  # type: ignore[arg-type]
     ce = F.cross_entropy(up, labels.long(), ignore_index=ignore_index, reduction="sum")
     ce = ce / (labels != ignore_index).sum().clamp_min(1)
-    mse = F.mse_loss(output.prob, prob_targets.to(output.prob.dtype))
+    mse = F.mse_loss(prob, prob_targets, reduction="sum") / max(prob.numel(), 1)
     return ce + lambda_mse * mse
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import check_binary, check_positive, check_shape
 
 __all__ = [
     "ShallowMaskAggregator",
@@ -54,6 +54,15 @@ def _cell_counts(masks: Tensor, h: int, w: int) -> Tensor:
     return torch.cat(out)
 
 
+def _check_grids(big_h: int, big_w: int, h: int, w: int) -> None:
+    """`text_masks` `(h, w)` must be no finer than `sam_masks` `(H, W)` on both axes."""
+    if h > big_h or w > big_w:
+        raise ValueError(
+            f"text_masks: expected a grid no finer than sam_masks' (H, W) = {(big_h, big_w)}, "
+            f"got (h, w) = {(h, w)}"
+        )
+
+
 def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-6) -> Tensor:
     """Matching scores `O(i, k) = |M_i^sam & M_k^text| / (|M_i^sam| + eps)` (SAM-MI eq. 6).
 
@@ -69,6 +78,9 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
     Returns:
         Scores `(N_s, K)` in `[0, 1]` (float32).
 
+    Raises:
+        ValueError: If a mask set is not binary or `text_masks` is finer than `sam_masks`.
+
     Examples:
         >>> sam = torch.zeros(1, 4, 4, dtype=torch.bool); sam[0, :, :3] = True
         >>> text = torch.tensor([[[1, 0], [1, 0]], [[0, 1], [0, 1]]]).bool()
@@ -77,14 +89,17 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
     """
     s = check_shape(sam_masks, "N H W", name="sam_masks")
     t = check_shape(text_masks, "K h w", name="text_masks")
-    if t["h"] > s["H"] or t["w"] > s["W"]:
-        raise ValueError(
-            f"text_masks grid {(t['h'], t['w'])} must not be finer than "
-            f"sam_masks {(s['H'], s['W'])}"
-        )
+    _check_grids(s["H"], s["W"], t["h"], t["w"])
+    sam_masks = check_binary(sam_masks, name="sam_masks")
+    text_masks = check_binary(text_masks, name="text_masks")
     counts = _cell_counts(sam_masks, t["h"], t["w"]).flatten(1)  # (N_s, hw)
     inter = counts @ text_masks.flatten(1).float().T  # (N_s, K)
     return inter / (counts.sum(dim=1, keepdim=True) + eps)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: expected a threshold in [0, 1], got {alpha}")
 
 
 def match_masks_to_text(
@@ -106,12 +121,16 @@ def match_masks_to_text(
     Returns:
         Text-mask index per SAM mask `(N_s,)` (long), -1 where none.
 
+    Raises:
+        ValueError: If `alpha` is outside `[0, 1]`, or as `mask_text_overlap`.
+
     Examples:
         >>> sam = torch.zeros(2, 4, 4, dtype=torch.bool); sam[0, :, :3] = True; sam[1, :, 2:] = 1
         >>> text = torch.tensor([[[1, 0], [1, 0]], [[0, 1], [0, 1]]]).bool()
         >>> match_masks_to_text(sam, text).tolist()
         [0, 1]
     """
+    _check_alpha(alpha)
     overlap = mask_text_overlap(sam_masks, text_masks, eps=eps)
     if overlap.shape[1] == 0:
         return torch.full((overlap.shape[0],), -1, dtype=torch.long, device=overlap.device)
@@ -144,6 +163,10 @@ def shallow_mask_aggregation(
 
     Returns:
         Aggregated masks `(N_m, H, W)` (bool, `N_m <= N_s`), and the index `(N_s,)` if asked.
+
+    Raises:
+        ValueError: If a mask set is not binary, `text_masks` is finer than `sam_masks` or
+            `alpha` is outside `[0, 1]`.
 
     Examples:
         >>> sam = torch.zeros(3, 4, 4, dtype=torch.bool)
@@ -181,12 +204,18 @@ def pad_masks(masks: list[Tensor]) -> Tensor:
     Returns:
         `(B, N, H, W)` bool; padded slots are all False (a zero-area mask means "no mask").
 
+    Raises:
+        ValueError: If `masks` is empty or the images' masks differ in `(H, W)`.
+
     Examples:
         >>> pad_masks([torch.ones(2, 3, 3, dtype=torch.bool), torch.ones(0, 3, 3).bool()]).shape
         torch.Size([2, 2, 3, 3])
     """
     if not masks:
-        raise ValueError("pad_masks: expected at least one image")
+        raise ValueError("masks: expected at least one image's (N_i, H, W) masks, got none")
+    s = check_shape(masks[0], "N H W", name="masks[0]")
+    for i, m in enumerate(masks[1:], start=1):
+        check_shape(m, "N H W", name=f"masks[{i}]", known={"H": s["H"], "W": s["W"]})
     n = max(m.shape[0] for m in masks)
     out = masks[0].new_zeros((len(masks), n, *masks[0].shape[1:]), dtype=torch.bool)
     for i, m in enumerate(masks):
@@ -213,20 +242,29 @@ class ShallowMaskAggregator(nn.Module):
             eps: Denominator guard of eq. 6.
         """
         super().__init__()
+        _check_alpha(alpha)
         self.alpha, self.eps = alpha, eps
 
     def forward(self, sam_masks: Tensor, text_masks: Tensor) -> Tensor:
         """Aggregate each image's SAM masks.
 
         Args:
-            sam_masks: SAM masks `(B, N_s, H, W)`; all-False masks are padding.
-            text_masks: Text masks `(B, K, h, w)`.
+            sam_masks: Binary SAM masks `(B, N_s, H, W)`; all-False masks are padding.
+            text_masks: Binary text masks `(B, K, h, w)`, no finer than the SAM masks.
 
         Returns:
-            Aggregated masks `(B, N_m, H, W)` (bool), padded with all-False masks.
+            Aggregated masks `(B, N_m, H, W)` (bool), padded with all-False masks; `(0, 0, H, W)`
+            for an empty batch.
+
+        Raises:
+            ValueError: If the batch sizes differ, a mask set is not binary or `text_masks` is
+                finer than `sam_masks`.
         """
         s = check_shape(sam_masks, "B N H W", name="sam_masks")
-        check_shape(text_masks, "B K h w", name="text_masks", known={"B": s["B"]})
+        t = check_shape(text_masks, "B K h w", name="text_masks", known={"B": s["B"]})
+        _check_grids(s["H"], s["W"], t["h"], t["w"])
+        if s["B"] == 0:
+            return torch.zeros(0, 0, s["H"], s["W"], dtype=torch.bool, device=sam_masks.device)
         per_image = [
             shallow_mask_aggregation(m, t, alpha=self.alpha, eps=self.eps)
             for m, t in zip(sam_masks, text_masks, strict=True)
@@ -261,11 +299,18 @@ def point_masks(
 
     Returns:
         Masks `(B, N, H', W')` (bool).
+
+    Raises:
+        ValueError: On mismatched shapes, a non-binary `valid`, a `size` or `batch_size` below 1.
     """
     s = check_shape(points, "B N 2", name="points")
     check_shape(valid, "B N", name="valid", known=s)
-    if s["N"] == 0:
-        return torch.zeros(s["B"], 0, *size, dtype=torch.bool, device=points.device)
+    valid = check_binary(valid, name="valid")
+    check_positive(int(size[0]), name="size[0]")
+    check_positive(int(size[1]), name="size[1]")
+    check_positive(batch_size, name="batch_size")
+    if s["N"] == 0 or s["B"] == 0:
+        return torch.zeros(s["B"], s["N"], *size, dtype=torch.bool, device=points.device)
     pred = sam.predict_points(embedding, points, batch_size=batch_size, multimask=True).best()
     low = pred.low_res_logits[:, :, 0]  # (B, N, 4h, 4w) in the padded square
     h_in, w_in = embedding.input_size

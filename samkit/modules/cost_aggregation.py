@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, as_image, check_positive, check_shape
 from samkit.modules.cost_attention import ClassAggregation, SpatialAggregation
 from samkit.modules.cost_decoder import UpsamplingDecoder
 
@@ -40,25 +40,40 @@ def _per_image_text(text: Tensor, batch: int) -> Tensor:
     return text
 
 
+def _check_classes(text: Tensor, *, name: str = "text") -> None:
+    if text.dim() >= 2 and text.shape[-2] < 1:
+        raise ValueError(
+            f"{name}: expected at least one class embedding (T >= 1), got shape {tuple(text.shape)}"
+        )
+
+
 def cost_volume(features: Tensor, text: Tensor) -> Tensor:
     """Cosine similarity of every location with every class text embedding.
 
+    Computed in the wider of the two dtypes (float32 at least: half inputs give the float32
+    result).
+
     Args:
         features: Dense image features `(B, D, h, w)`.
-        text: Class embeddings `(T, D)` shared by the batch, or per image `(B, T, D)`.
+        text: Class embeddings `(T, D)` shared by the batch, or per image `(B, T, D)`, `T >= 1`.
 
     Returns:
         The cost volume `(B, T, h, w)` in `[-1, 1]`.
+
+    Raises:
+        ValueError: On mismatched shapes or `T = 0`.
 
     Examples:
         >>> cost_volume(torch.randn(2, 8, 4, 4), torch.randn(3, 8)).shape
         torch.Size([2, 3, 4, 4])
     """
     s = check_shape(features, "B D h w", name="features")
+    _check_classes(text)
     text = _per_image_text(text, s["B"])
     check_shape(text, "B T D", name="text", known={"B": s["B"], "D": s["D"]})
-    f = F.normalize(features, dim=1)
-    t = F.normalize(text, dim=-1)
+    dtype = torch.promote_types(torch.promote_types(features.dtype, text.dtype), torch.float32)
+    f = F.normalize(as_float(features, name="features", dtype=dtype), dim=1)
+    t = F.normalize(as_float(text, name="text", dtype=dtype), dim=-1)
     return torch.einsum("bdhw,btd->bthw", f, t)
 
 
@@ -72,12 +87,18 @@ def select_top_classes(cost: Tensor, k: int) -> Tensor:
     Returns:
         Class indices `(B, k)`, in ascending class order.
 
+    Raises:
+        ValueError: If `k < 1` or `k > T`.
+
     Examples:
         >>> c = torch.zeros(1, 4, 2, 2); c[0, 2, 0, 0] = 1; c[0, 0, 1, 1] = 0.5
         >>> select_top_classes(c, 2)
         tensor([[0, 2]])
     """
-    check_shape(cost, "B T h w", name="cost")
+    s = check_shape(cost, "B T h w", name="cost")
+    check_positive(k, name="k")
+    if k > s["T"]:
+        raise ValueError(f"k: expected at most T={s['T']} classes, got {k}")
     top = cost.flatten(2).amax(dim=-1).topk(k, dim=1).indices
     return top.sort(dim=1).values
 
@@ -113,14 +134,16 @@ class CostEmbedding(nn.Module):
         """Embed.
 
         Args:
-            cost: Cost volume `(B, T, h, w)`.
+            cost: Cost volume `(B, T, h, w)`, any float dtype (computed in the module's).
 
         Returns:
             The embedded cost `(B, D, T, h, w)`.
         """
         s = check_shape(cost, "B T h w", name="cost")
+        weight = next(self.net.parameters())
+        cost = as_float(cost, name="cost", dtype=weight.dtype)
         z = self.net(rearrange(cost, "b t h w -> (b t) 1 h w"))
-        return rearrange(z, "(b t) d h w -> b d t h w", b=s["B"])
+        return rearrange(z, "(b t) d h w -> b d t h w", b=s["B"], t=s["T"])
 
 
 class CostAggregator(nn.Module):
@@ -243,9 +266,12 @@ class CostAggregator(nn.Module):
         """
         if len(intermediates) != len(self.upsample_tap):
             raise ValueError(
-                f"expected {len(self.upsample_tap)} intermediate taps, got {len(intermediates)}"
+                f"intermediates: expected {len(self.upsample_tap)} taps, got {len(intermediates)}"
             )
-        return [up(t) for up, t in zip(self.upsample_tap, intermediates, strict=True)]
+        return [
+            up(as_float(t, name=f"intermediates[{i}]", dtype=next(up.parameters()).dtype))
+            for i, (up, t) in enumerate(zip(self.upsample_tap, intermediates, strict=True))
+        ]
 
     def forward(
         self,
@@ -258,9 +284,11 @@ class CostAggregator(nn.Module):
     ) -> Tensor:
         """Per-class segmentation logits.
 
+        Any float dtype is computed in the aggregator's dtype; `B = 0` gives `(0, T, ...)`.
+
         Args:
             features: Dense image features `(B, C_e, h, w)` used for the cost volume.
-            text: Class embeddings `(T, C_e)` or `(B, T, C_e)`.
+            text: Class embeddings `(T, C_e)` or `(B, T, C_e)`, `T >= 1`.
             intermediates: Raw CLIP taps `(B, vision_width, h, w)`, one per decoder stage.
             appearance: Appearance guidance `(B, C_e, h, w)`; defaults to `features`.
             decoder_guidance: Already upsampled taps (output of `upsample_taps`, possibly
@@ -268,14 +296,28 @@ class CostAggregator(nn.Module):
 
         Returns:
             Logits `(B, T, h * 2**S, w * 2**S)` for `S` decoder stages (4x for the default).
+
+        Raises:
+            ValueError: On mismatched shapes, `T = 0`, or neither `intermediates` nor
+                `decoder_guidance`.
         """
         s = check_shape(features, "B D h w", name="features")
+        _check_classes(text)
         text = _per_image_text(text, s["B"])
         check_shape(text, "B T D", name="text", known={"B": s["B"], "D": s["D"]})
+        dtype = self.decoder.head.weight.dtype
+        features = as_float(features, name="features", dtype=dtype)
+        text = as_float(text, name="text", dtype=dtype)
+        if appearance is not None:
+            appearance = as_float(appearance, name="appearance", dtype=dtype)
         if decoder_guidance is None:
             if intermediates is None:
-                raise ValueError("give either intermediates or decoder_guidance")
+                raise ValueError("intermediates: give either intermediates or decoder_guidance")
             decoder_guidance = self.upsample_taps(intermediates)
+        decoder_guidance = [
+            as_float(g, name=f"decoder_guidance[{i}]", dtype=dtype)
+            for i, g in enumerate(decoder_guidance)
+        ]
         cost = cost_volume(features, text)
         num_classes = text.shape[1]
         keep: Tensor | None = None
@@ -323,14 +365,18 @@ def sliding_window_inference(
     tiles are averaged where they overlap, averaged with the global view, and resized back.
 
     Args:
-        fn: Maps images `(N, 3, window, window)` to logits `(N, T, h', w')`.
-        images: Images `(B, 3, H, W)`.
+        fn: Maps float32 images `(N, 3, window, window)` in `[0, 1]` to logits `(N, T, h', w')`.
+        images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
         window: Tile side.
         stride: Tile stride; `(size - window)` must be a multiple of it.
         size: Side the image is resized to before tiling.
 
     Returns:
         Class probabilities `(B, T, H, W)`.
+
+    Raises:
+        ValueError: If `images` is not a valid image batch, a size is below 1, or
+            `size - window` is not a multiple of `stride`.
 
     Examples:
         >>> fn = lambda x: x[:, :2, ::4, ::4]
@@ -339,6 +385,9 @@ def sliding_window_inference(
         torch.Size([1, 2, 50, 60])
     """
     s = check_shape(images, "B 3 H W", name="images")
+    images = as_image(images, name="images")
+    for value, name in ((window, "window"), (stride, "stride"), (size, "size")):
+        check_positive(value, name=name)
     if (size - window) % stride:
         raise ValueError(f"size - window ({size - window}) must be a multiple of stride {stride}")
     x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)

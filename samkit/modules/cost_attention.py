@@ -222,7 +222,7 @@ class SpatialAggregation(nn.Module):
             g = repeat(g, "b g h w -> (b t) g h w", t=s["T"])
         z = rearrange(x, "b d t h w -> (b t) d h w")
         z = self.block_2(self.block_1(z, g), g)
-        return rearrange(z, "(b t) d h w -> b d t h w", b=s["B"])
+        return rearrange(z, "(b t) d h w -> b d t h w", b=s["B"], t=s["T"])
 
 
 class ClassAggregation(nn.Module):
@@ -314,7 +314,7 @@ class ClassAggregation(nn.Module):
         )
         xp = F.avg_pool2d(rearrange(x, "b d t h w -> (b t) d h w"), pool)
         hp, wp = xp.shape[-2:]
-        tok = rearrange(xp, "(b t) d h w -> (b h w) t d", b=s["B"])
+        tok = rearrange(xp, "(b t) d h w -> (b h w) t d", b=s["B"], t=s["T"])
         g = None if guidance is None else repeat(guidance, "b t g -> (b h w) t g", h=hp, w=wp)
         tok, g = self._pad(tok, g, tok.shape[0])
         z = self.norm1(tok)
@@ -325,8 +325,8 @@ class ClassAggregation(nn.Module):
         tok = tok + rearrange(linear_attention(q, k, v), "n t e c -> n t (e c)")
         tok = tok + self.mlp(self.norm2(tok))
         tok = tok[:, : s["T"]]
-        out = rearrange(tok, "(b h w) t d -> (b t) d h w", b=s["B"], h=hp)
+        out = rearrange(tok, "(b h w) t d -> (b t) d h w", b=s["B"], h=hp, w=wp)
         if not self.double_residual:
             out = out - xp
         out = F.interpolate(out, size=(s["h"], s["w"]), mode="bilinear", align_corners=True)
-        return x + rearrange(out, "(b t) d h w -> b d t h w", b=s["B"])
+        return x + rearrange(out, "(b t) d h w -> b d t h w", b=s["B"], t=s["T"])

@@ -15,7 +15,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, check_shape
 
 __all__ = ["UpsamplingDecoder"]
 
@@ -80,7 +80,7 @@ class UpsamplingDecoder(nn.Module):
         """Decode.
 
         Args:
-            x: Cost embedding `(B, D, T, h, w)`.
+            x: Cost embedding `(B, D, T, h, w)`, any float dtype (computed in the decoder's).
             guidance: One projected guidance map per stage, `(B, D_i, h * 2**i, w * 2**i)`.
 
         Returns:
@@ -89,9 +89,11 @@ class UpsamplingDecoder(nn.Module):
         s = check_shape(x, "B D T h w", name="x")
         if len(guidance) != len(self.stages):
             raise ValueError(f"expected {len(self.stages)} guidance maps, got {len(guidance)}")
-        z = rearrange(x, "b d t h w -> (b t) d h w")
+        dtype = self.head.weight.dtype
+        z = rearrange(as_float(x, name="x", dtype=dtype), "b d t h w -> (b t) d h w")
         for i, (stage, g) in enumerate(zip(self.stages, guidance, strict=True)):
             size = {"B": s["B"], "G": self.guidance_dims[i]}
             check_shape(g, "B G h w", name=f"guidance[{i}]", known=size)
+            g = as_float(g, name=f"guidance[{i}]", dtype=dtype)
             z = stage(z, repeat(g, "b g h w -> (b t) g h w", t=s["T"]))
-        return rearrange(self.head(z), "(b t) 1 h w -> b t h w", b=s["B"])
+        return rearrange(self.head(z), "(b t) 1 h w -> b t h w", b=s["B"], t=s["T"])

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import (
+    as_float,
+    check_binary,
+    check_positive,
+    check_probabilities,
+    check_shape,
+)
 from samkit.types import InjectedGuidance
 
 __all__ = [
@@ -34,15 +40,25 @@ __all__ = [
 ]
 
 
+def _soft_masks(masks: Tensor, *, name: str) -> Tensor:
+    """Float32 masks from a numeric tensor whose values must lie in `[0, 1]`."""
+    return check_probabilities(masks.float(), name=name)
+
+
 def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """Soft masks at `size`: the covered fraction of each target pixel (antialiased bilinear).
 
     Args:
-        masks: Masks `(B, M, H, W)` (bool or float).
+        masks: Masks `(B, M, H, W)`: bool, or soft masks (any float dtype) in `[0, 1]`.
         size: Target `(h, w)`.
 
     Returns:
-        `(B, M, h, w)` float in `[0, 1]`; exact area fractions when `H, W` are multiples of `h, w`.
+        `(B, M, h, w)` float32 in `[0, 1]`; exact area fractions when `H, W` are multiples of
+        `h, w`.
+
+    Raises:
+        ValueError: If `masks` is not `(B, M, H, W)`, holds values outside `[0, 1]`, or a side of
+            `size` is below 1.
 
     Examples:
         >>> m = torch.zeros(1, 1, 4, 4); m[..., :2, :] = 1
@@ -51,9 +67,11 @@ def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
                 [0., 0.]])
     """
     s = check_shape(masks, "B M H W", name="masks")
-    m = masks.float()
-    if (s["H"], s["W"]) == tuple(size) or s["M"] == 0:
-        return m.new_zeros(s["B"], s["M"], *size) if s["M"] == 0 else m
+    check_positive(int(size[0]), name="size[0]")
+    check_positive(int(size[1]), name="size[1]")
+    m = masks.float() if masks.dtype == torch.bool else _soft_masks(masks, name="masks")
+    if (s["H"], s["W"]) == tuple(size) or s["M"] == 0 or s["B"] == 0:
+        return m.new_zeros(s["B"], s["M"], *size) if m.numel() == 0 else m
     if s["H"] % size[0] == 0 and s["W"] % size[1] == 0:
         return F.adaptive_avg_pool2d(m, size)
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
@@ -135,14 +153,20 @@ class LowFrequencyInjection(nn.Module):
         """Inject masks into the appearance guidance.
 
         Args:
-            features: Last-layer CLIP features `F_l` `(B, D, h, w)`.
-            masks: Masks `(B, M, H, W)` at any resolution (all-False = padding).
+            features: Last-layer CLIP features `F_l` `(B, D, h, w)`, any float dtype (computed in
+                the module's).
+            masks: Binary masks `(B, M, H, W)` at any resolution (all-False = padding).
 
         Returns:
             `F_mcr` `(B, D, h, w)`.
+
+        Raises:
+            ValueError: On mismatched shapes or non-binary masks.
         """
         s = check_shape(features, "B D h w", name="features", known={"D": self.dim})
         check_shape(masks, "B M H W", name="masks", known={"B": s["B"]})
+        masks = check_binary(masks, name="masks")
+        features = as_float(features, name="features", dtype=self.q.weight.dtype)
         soft = resize_masks(masks, (s["h"], s["w"])).to(features.dtype)
         pooled, area = self.mask_pool(features, soft)
         intra = features + torch.einsum("bmhw,bmd->bdhw", soft, pooled)
@@ -161,7 +185,7 @@ class LowFrequencyInjection(nn.Module):
             rearrange(torch.einsum("benm,bemc->benc", attn, v), "b e n c -> b n (e c)")
         )
         inter = inter * valid.any(dim=1)[:, None, None]
-        return intra + rearrange(inter, "b (h w) d -> b d h w", h=s["h"])
+        return intra + rearrange(inter, "b (h w) d -> b d h w", b=s["B"], h=s["h"], w=s["w"])
 
 
 class HighFrequencyInjection(nn.Module):
@@ -208,14 +232,19 @@ class HighFrequencyInjection(nn.Module):
         """Inject mask detail into one decoder guidance map.
 
         Args:
-            guidance: `F_h` `(B, C, h, w)`.
-            masks: Masks `(B, M, H, W)` at any resolution (all-False = padding).
+            guidance: `F_h` `(B, C, h, w)`, any float dtype (computed in the module's).
+            masks: Binary masks `(B, M, H, W)` at any resolution (all-False = padding).
 
         Returns:
             The updated `F_h` `(B, C, h, w)`.
+
+        Raises:
+            ValueError: On mismatched shapes or non-binary masks.
         """
         s = check_shape(guidance, "B C h w", name="guidance", known={"C": self.dim})
         check_shape(masks, "B M H W", name="masks", known={"B": s["B"]})
+        masks = check_binary(masks, name="masks")
+        guidance = as_float(guidance, name="guidance", dtype=self.gamma.dtype)
         enc = self.encoding(masks, (s["h"], s["w"])).to(guidance.dtype)
         emd = torch.cat([guidance, self.proj(enc)], dim=1)
         return guidance + self.gamma * self.dwconv(self.mlp(emd))
@@ -260,17 +289,21 @@ class DecoupledMaskInjection(nn.Module):
         Args:
             features: `F_l` `(B, D, h, w)`.
             decoder_guidance: The upsampled taps `F_h`, one `(B, C_i, h_i, w_i)` per stage.
-            masks: Masks `(B, M, H, W)` (all-False = padding).
+            masks: Binary masks `(B, M, H, W)` (all-False = padding).
 
         Returns:
             `InjectedGuidance(appearance, decoder_guidance)`.
+
+        Raises:
+            ValueError: On mismatched shapes, a wrong number of guidance maps or non-binary masks.
         """
+        masks = check_binary(masks, name="masks")
         appearance = features if self.low is None else self.low(features, masks)
         taps = list(decoder_guidance)
         if self.high is not None:
             if len(self.high) != len(taps):
                 raise ValueError(
-                    f"expected {len(self.high)} decoder guidance maps, got {len(taps)}"
+                    f"decoder_guidance: expected {len(self.high)} maps, got {len(taps)}"
                 )
             taps = [inj(t, masks) for inj, t in zip(self.high, taps, strict=True)]
         return InjectedGuidance(appearance=appearance, decoder_guidance=taps)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, check_binary, check_shape
 from samkit.types import LinguisticFeatures
 
 __all__ = ["LinguisticAttentionAdapter", "masked_phrase_attention"]
@@ -90,20 +90,23 @@ class LinguisticAttentionAdapter(nn.Module):
         """Compute projected words, phrase-attention weights and the sentence vector.
 
         Args:
-            word_states: Per-token text states `(B, L, C_t)`.
-            padding_mask: `(B, L)` bool, True at padding.
+            word_states: Per-token text states `(B, L, C_t)`, any float dtype (computed in the
+                adapter's).
+            padding_mask: `(B, L)` bool (or 0/1), True at padding.
 
         Returns:
             `LinguisticFeatures` with `words (B, L, D)`, `sentence (B, D)`, `weights (B, L)`.
 
         Raises:
-            ValueError: If the shapes do not match `(B, L, C_t)` and `(B, L)`.
+            ValueError: If the shapes do not match `(B, L, C_t)` and `(B, L)`, or `padding_mask`
+                is not binary.
         """
         sizes = check_shape(
             word_states, "B L C", name="word_states", known={"C": self.proj.in_features}
         )
         check_shape(padding_mask, "B L", name="padding_mask", known=sizes)
-        padding_mask = padding_mask.bool()
+        padding_mask = check_binary(padding_mask, name="padding_mask")
+        word_states = as_float(word_states, name="word_states", dtype=self.proj.weight.dtype)
         words = self.proj(word_states)  # (b, l, d)
         states = words if self.gru_over_padding else words * (~padding_mask)[..., None]
         hidden = self._read(states, padding_mask)  # (b, l, 2d)

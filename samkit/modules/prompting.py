@@ -20,7 +20,7 @@ from einops import repeat
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, check_shape
 from samkit.types import SemanticSpatialPrompts
 
 __all__ = [
@@ -57,7 +57,8 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Apply the MLP to `(..., in_dim)`, giving `(..., out_dim)`."""
+        """Apply the MLP to `(..., in_dim)` (any float dtype), giving `(..., out_dim)`."""
+        x = as_float(x, name="x", dtype=next(self.parameters()).dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -90,7 +91,7 @@ class TanhFusion(nn.Module):
         """Fuse.
 
         Args:
-            visual: Visual tokens `(B, N, D)`.
+            visual: Visual tokens `(B, N, D)`, any float dtype (computed in the module's).
             sentence: Sentence vectors `(B, D)`.
 
         Returns:
@@ -101,6 +102,8 @@ class TanhFusion(nn.Module):
         """
         sizes = check_shape(visual, "B N D", name="visual", known={"D": self.proj.in_features})
         check_shape(sentence, "B D", name="sentence", known={"B": sizes["B"], "D": sizes["D"]})
+        visual = as_float(visual, name="visual", dtype=self.proj.weight.dtype)
+        sentence = as_float(sentence, name="sentence", dtype=self.proj.weight.dtype)
         return self.proj(torch.tanh(visual) * torch.tanh(sentence)[:, None])
 
 
@@ -137,6 +140,8 @@ class PostNormEncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:
         """Apply the layer to tokens `(B, N, D)` with positions `(N, D)` or `(B, N, D)`."""
+        x = as_float(x, name="x", dtype=self.linear1.weight.dtype)
+        pos = as_float(pos, name="pos", dtype=x.dtype)
         qk = x + pos
         x = self.norm1(x + self.dropout(self.self_attn(qk, qk, x, need_weights=False)[0]))
         ff = self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -207,7 +212,8 @@ class SemanticSpatialPromptEncoder(nn.Module):
         """Encode.
 
         Args:
-            tokens: Fused visual-linguistic tokens `(B, N, D)`.
+            tokens: Fused visual-linguistic tokens `(B, N, D)`, any float dtype (computed in the
+                encoder's).
 
         Returns:
             `SemanticSpatialPrompts` with `prompts (B, K, D)`, `boxes (B, 4)`,
@@ -222,6 +228,7 @@ class SemanticSpatialPromptEncoder(nn.Module):
             name="tokens",
             known={"N": self.num_tokens, "D": self.norm.weight.numel()},
         )
+        tokens = as_float(tokens, name="tokens", dtype=self.norm.weight.dtype)
         learned = torch.cat([self.register_token.weight, self.prompt_tokens.weight], dim=0)
         x = torch.cat([repeat(learned, "k d -> b k d", b=sizes["B"]), tokens], dim=1)
         for layer in self.layers:

@@ -22,7 +22,13 @@ from scipy.ndimage import distance_transform_edt
 from skimage.morphology import skeletonize
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import (
+    as_float,
+    check_binary,
+    check_positive,
+    check_probabilities,
+    check_shape,
+)
 from samkit.types import TSPPOutput
 
 __all__ = [
@@ -46,12 +52,16 @@ def masks_from_labels(labels: Tensor, num_classes: int, *, ignore_index: int = 2
     Returns:
         Masks `(B, T, H, W)` (bool); classes that are absent give empty masks.
 
+    Raises:
+        ValueError: If `num_classes < 1` or `labels` is not `(B, H, W)`.
+
     Examples:
         >>> masks_from_labels(torch.tensor([[[0, 1], [255, 1]]]), 2)[0, 1]
         tensor([[False,  True],
                 [False,  True]])
     """
     check_shape(labels, "B H W", name="labels")
+    check_positive(num_classes, name="num_classes")
     classes = torch.arange(num_classes, device=labels.device)
     valid = labels != ignore_index
     return (labels[:, None] == classes[None, :, None, None]) & valid[:, None]
@@ -112,7 +122,11 @@ def tspp_targets(
         return_per_mask: Return `(B, K, g, g)` per mask instead of the summed map.
 
     Returns:
-        Targets `(B, g, g)` in `[0, 1]` (or `(B, K, g, g)` with `return_per_mask`).
+        Targets `(B, g, g)` in `[0, 1]` (or `(B, K, g, g)` with `return_per_mask`), float32.
+
+    Raises:
+        ValueError: If `gt_masks` is not `(B, K, H, W)` or not binary, `grid < 1`, `g_p <= 0` or
+            `m_p < 0`.
 
     Examples:
         >>> m = torch.zeros(1, 1, 64, 64, dtype=torch.bool); m[0, 0, 8:40, 8:40] = True
@@ -121,8 +135,12 @@ def tspp_targets(
         (10.0, 0.0)
     """
     s = check_shape(gt_masks, "B K H W", name="gt_masks")
-    if g_p <= 0 or m_p < 0:
-        raise ValueError(f"g_p must be > 0 and m_p >= 0, got g_p={g_p}, m_p={m_p}")
+    gt_masks = check_binary(gt_masks, name="gt_masks")
+    check_positive(grid, name="grid")
+    if g_p <= 0:
+        raise ValueError(f"g_p: expected a number > 0, got {g_p}")
+    if m_p < 0:
+        raise ValueError(f"m_p: expected a number >= 0, got {m_p}")
     cells = _to_grid(gt_masks, grid)  # (B, K, g, g)
     flat = rearrange(cells, "b k h w -> (b k) (h w)")
     area = flat.sum(dim=-1)
@@ -137,7 +155,7 @@ def tspp_targets(
     p_k = torch.clamp(torch.ceil(area.double() / g_p), max=m_p)[:, None]
     p = weights * p_k / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     p = _water_fill(p, weights, inside)
-    p = rearrange(p.float(), "(b k) (h w) -> b k h w", b=s["B"], h=grid)
+    p = rearrange(p.float(), "(b k) (h w) -> b k h w", b=s["B"], k=s["K"], h=grid, w=grid)
     return p if return_per_mask else p.sum(dim=1).clamp_max(1)
 
 
@@ -154,6 +172,9 @@ def grid_points(
     Returns:
         Points `(g * g, 2)` as `(x, y)` pixels; cell `(i, j)` is row `i * g + j`.
 
+    Raises:
+        ValueError: If `grid < 1`.
+
     Examples:
         >>> grid_points(2, (100, 200))
         tensor([[ 50.,  25.],
@@ -161,6 +182,7 @@ def grid_points(
                 [ 50.,  75.],
                 [150.,  75.]])
     """
+    check_positive(grid, name="grid")
     centres = (torch.arange(grid, dtype=torch.float32, device=device) + 0.5) / grid
     ys, xs = torch.meshgrid(centres * input_size[0], centres * input_size[1], indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
@@ -192,7 +214,11 @@ def sample_points(
 
     Returns:
         `points (B, N, 2)` as `(x, y)` in SAM's input frame and `valid (B, N)` (bool), in
-        row-major cell order; `N` is the largest count in the batch (0 if nothing was drawn).
+        row-major cell order; `N` is the largest count in the batch (0 if nothing was drawn or
+        `B = 0`).
+
+    Raises:
+        ValueError: If `prob` is not `(B, g, g)` or holds values outside `[0, 1]` (or NaN).
 
     Examples:
         >>> prob = torch.zeros(2, 4, 4); prob[0, 1, 2] = 1.0; prob[1, 3, 0] = prob[1, 0, 0] = 1.0
@@ -201,12 +227,13 @@ def sample_points(
         ([40.0, 24.0], [[True, False], [True, True]])
     """
     s = check_shape(prob, "B g g", name="prob")
+    check_probabilities(prob, name="prob")
     p = prob.detach()
     if deterministic:
         peaks = F.max_pool2d(p[:, None], 3, stride=1, padding=1)[:, 0] == p
         keep = (p >= threshold) | (peaks & (p >= min_peak))
     else:
-        keep = torch.bernoulli(p.clamp(0, 1), generator=generator).bool()
+        keep = torch.bernoulli(p.float(), generator=generator).bool()
     keep = keep.flatten(1)
     centres = grid_points(s["g"], input_size, device=prob.device)
     n = int(keep.sum(dim=1).max()) if keep.numel() else 0
@@ -264,6 +291,7 @@ class TextGuidedSparsePointPrompter(nn.Module):
         """
         super().__init__()
         self.detach_input, self.normalize_input = detach_input, normalize_input
+        check_positive(grid, name="grid")
         if reduction not in ("max", "mean"):
             raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
         self.grid, self.reduction = grid, reduction
@@ -284,28 +312,38 @@ class TextGuidedSparsePointPrompter(nn.Module):
         """Score grid cells and classes.
 
         Args:
-            cost: Cost volume `(B, T, h, w)` (detached inside when `detach_input`).
+            cost: Cost volume `(B, T, h, w)` (detached inside when `detach_input`), any float
+                dtype (computed in the prompter's dtype). `B = 0` gives empty outputs.
 
         Returns:
             `TSPPOutput` with `prob (B, g, g)`, `prob_logits (B, T, g, g)`,
             `mask_logits (B, T, h, w)` and `text_masks (B, T, h, w)`.
+
+        Raises:
+            ValueError: If `cost` is not `(B, T, h, w)` or has no class (`T = 0`).
         """
         s = check_shape(cost, "B T h w", name="cost")
+        if s["T"] < 1:
+            raise ValueError(
+                f"cost: expected at least one class (T >= 1), got shape {tuple(cost.shape)}"
+            )
+        cost = as_float(cost, name="cost", dtype=self.prob_head.weight.dtype)
         cost = cost.detach() if self.detach_input else cost
         if self.normalize_input:  # per-image standardisation: robust to cost offset/scale drift
             mean = cost.mean(dim=(1, 2, 3), keepdim=True)
             cost = (cost - mean) / cost.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
         x = self.mlp(rearrange(cost, "b t h w -> (b t) 1 h w"))
-        tok = rearrange(x, "(b t) d h w -> (b h w) t d", b=s["B"])
+        b, t, h, w = s["B"], s["T"], s["h"], s["w"]
+        tok = rearrange(x, "(b t) d h w -> (b h w) t d", b=b, t=t)
         z = self.norm(tok)
         tok = tok + self.class_attn(z, z, z, need_weights=False)[0]
-        x = rearrange(tok, "(b h w) t d -> (b t) d h w", b=s["B"], h=s["h"])
+        x = rearrange(tok, "(b h w) t d -> (b t) d h w", b=b, h=h, w=w)
         x = x + self.spatial(x)  # S_en, (B*T, D, h, w)
-        mask_logits = self.mask_head(rearrange(x, "(b t) d h w -> b t h w d", b=s["B"]))[..., 0]
+        mask_logits = self.mask_head(rearrange(x, "(b t) d h w -> b t h w d", b=b, t=t))[..., 0]
         xg = F.interpolate(x, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-        prob_logits = self.prob_head(rearrange(xg, "(b t) d h w -> b t h w d", b=s["B"]))[..., 0]
+        prob_logits = self.prob_head(rearrange(xg, "(b t) d h w -> b t h w d", b=b, t=t))[..., 0]
         reduced = prob_logits.amax(dim=1) if self.reduction == "max" else prob_logits.mean(dim=1)
-        text_masks = F.one_hot(mask_logits.argmax(dim=1), s["T"]).permute(0, 3, 1, 2).bool()
+        text_masks = F.one_hot(mask_logits.argmax(dim=1), t).permute(0, 3, 1, 2).bool()
         return TSPPOutput(
             prob=reduced.sigmoid(),
             prob_logits=prob_logits,
@@ -323,8 +361,14 @@ def expected_points(prob: Tensor) -> Tensor:
     Returns:
         `(B,)`.
 
+    Raises:
+        ValueError: If `prob` is not `(B, g, g)` or holds values outside `[0, 1]`.
+
     Examples:
         >>> expected_points(torch.full((1, 4, 4), 0.5))
         tensor([8.])
     """
-    return prob.flatten(1).sum(dim=1)
+    check_shape(prob, "B g g", name="prob")
+    check_probabilities(prob, name="prob")
+    dtype = torch.float64 if prob.dtype == torch.float64 else torch.float32
+    return prob.flatten(1).to(dtype).sum(dim=1)

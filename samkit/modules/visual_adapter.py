@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from samkit._checks import check_shape
+from samkit._checks import as_float, as_image, check_binary, check_positive, check_shape
 from samkit.modules.prompting import MLP
 
 __all__ = [
@@ -50,7 +50,7 @@ def normalize_clip_tokens(
         axis: `"channel"` (default) or `"token"` (reference quirk).
 
     Returns:
-        Normalised patch features `(B, N, C)`.
+        Normalised patch features `(B, N, C)`, float32 (float64 for float64 inputs).
 
     Raises:
         ValueError: On bad shapes, an unknown `axis`, or `axis="token"` without `cls`.
@@ -61,6 +61,9 @@ def normalize_clip_tokens(
         torch.Size([2, 9, 4])
     """
     sizes = check_shape(patches, "B N C", name="patches")
+    # normalise in float32 at least (float64 stays float64)
+    dtype = torch.float64 if patches.dtype == torch.float64 else torch.float32
+    patches = as_float(patches, name="patches", dtype=dtype)
     if axis == "channel":
         return F.normalize(patches, dim=-1)
     if axis != "token":
@@ -68,6 +71,7 @@ def normalize_clip_tokens(
     if cls is None:
         raise ValueError("normalize_clip_tokens: axis='token' needs the CLS features")
     check_shape(cls, "B C", name="cls", known={"B": sizes["B"], "C": sizes["C"]})
+    cls = as_float(cls, name="cls", dtype=dtype)
     tokens = torch.cat([cls[:, None], patches], dim=1)  # (b, 1 + n, c)
     return F.normalize(tokens, dim=1)[:, 1:]
 
@@ -101,19 +105,25 @@ def letterbox(
     pass CLIP's pixel mean as `fill` to reproduce that with `[0, 1]` images.
 
     Args:
-        images: Images `(B, 3, H, W)`.
+        images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype) or uint8
+            (divided by 255); see `samkit._checks.as_image`.
         size: Canvas side `S`.
         fill: Canvas value, a scalar or a per-channel tensor `(3, 1, 1)`.
         center: Centre the image (default) or put it at the top-left corner.
 
     Returns:
-        The canvas `(B, 3, S, S)`.
+        The canvas `(B, 3, S, S)`, float32.
+
+    Raises:
+        ValueError: If `images` is not a valid `(B, 3, H, W)` image batch or `size < 1`.
 
     Examples:
         >>> letterbox(torch.ones(1, 3, 8, 4), size=4).sum().item()
         24.0
     """
     sizes = check_shape(images, "B 3 H W", name="images")
+    check_positive(size, name="size")
+    images = as_image(images, name="images")
     h, w = sizes["H"], sizes["W"]
     scale = size / max(h, w)
     new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
@@ -234,10 +244,10 @@ class VisualAttentionAdapter(nn.Module):
         """Weight, project, verify and gate the patch features.
 
         Args:
-            patches: Patch features `(B, N, C_v)`.
+            patches: Patch features `(B, N, C_v)`, any float dtype (computed in the adapter's).
             similarity: Text-similarity map `(B, N)` (min-max normalised in SSP-SAM).
             words: Word features `(B, L, D)` (the LAD's projected words).
-            padding_mask: `(B, L)` bool, True at padded words.
+            padding_mask: `(B, L)` bool (or 0/1), True at padded words.
 
         Returns:
             Gated visual tokens `(B, N, D)`.
@@ -254,10 +264,18 @@ class VisualAttentionAdapter(nn.Module):
             known={"B": sizes["B"], "D": self.dim},
         )
         check_shape(padding_mask, "B L", name="padding_mask", known=wsizes)
+        padding_mask = check_binary(padding_mask, name="padding_mask")
+        dtype = self.norm.weight.dtype
+        patches = as_float(patches, name="patches", dtype=dtype)
+        similarity = as_float(similarity, name="similarity", dtype=dtype)
+        words = as_float(words, name="words", dtype=dtype)
         visual = self.patch_proj(patches * similarity[..., None])  # (b, n, d)
-        attended = self.cross_attn(
-            visual, words, words, key_padding_mask=padding_mask.bool(), need_weights=False
-        )[0]
+        if sizes["B"] == 0:  # nn.MultiheadAttention cannot reshape a masked empty batch
+            attended = torch.zeros_like(visual)
+        else:
+            attended = self.cross_attn(
+                visual, words, words, key_padding_mask=padding_mask, need_weights=False
+            )[0]
         score = self._verify(self.visual_proj(visual), self.text_proj(attended))
         return self.norm(visual) * score
 

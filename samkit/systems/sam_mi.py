@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_class_names, as_image, check_shape
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
 from samkit.modules.cost_aggregation import CostAggregator, cost_volume
@@ -170,22 +170,39 @@ class SAMMI(nn.Module):
         if isinstance(sam, nn.Module):
             sam.requires_grad_(False)
 
-    def encode_text(self, class_names: Sequence[str]) -> Tensor:
-        """Class text embeddings `(T, C_e)` with the configured templates."""
-        return self.clip.encode_text(list(class_names), templates=self.config.templates).embeddings
+    def encode_text(self, class_names: str | Sequence[str]) -> Tensor:
+        """Class text embeddings `(T, C_e)` with the configured templates.
 
-    def prompter(self, images: Tensor, class_names: Sequence[str]) -> TSPPOutput:
+        Args:
+            class_names: The `T >= 1` class names; one `str` is one class.
+
+        Returns:
+            `(T, C_e)`.
+
+        Raises:
+            ValueError: If no class name is given.
+        """
+        names = as_class_names(class_names, name="class_names")
+        return self.clip.encode_text(names, templates=self.config.templates).embeddings
+
+    def prompter(self, images: Tensor, class_names: str | Sequence[str]) -> TSPPOutput:
         """CLIP + cost volume + TSPP only (what stage 1 trains).
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
-            class_names: The `T` class names.
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype) or uint8
+                (divided by 255).
+            class_names: The `T >= 1` class names; one `str` is one class.
 
         Returns:
             The prompter's `TSPPOutput`.
+
+        Raises:
+            ValueError: If the model has no prompter, `images` is not a valid image batch or no
+                class name is given.
         """
         if self.tspp is None:
             raise ValueError("this SAM-MI has no prompter")
+        images = as_image(images, name="images")
         dense = self.clip.encode_dense(self._clip_input(images), mode="value")
         out = self._prompt(dense.features, self.encode_text(class_names))
         assert out is not None
@@ -223,18 +240,24 @@ class SAMMI(nn.Module):
             deterministic=cfg.sampling == "deterministic",
         )
 
-    def forward(self, images: Tensor, class_names: Sequence[str]) -> SAMMIOutput:
+    def forward(self, images: Tensor, class_names: str | Sequence[str]) -> SAMMIOutput:
         """Segment `images` into `class_names`.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
-            class_names: The `T` class names (open vocabulary).
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype) or uint8
+                (divided by 255). `B = 0` gives empty outputs.
+            class_names: The `T >= 1` class names (open vocabulary); one `str` is one class.
 
         Returns:
             `SAMMIOutput` with `logits (B, T, h', w')` (4x the CLIP grid), the points, SAM masks,
             aggregated masks and the prompter's outputs.
+
+        Raises:
+            ValueError: If `images` is not a valid image batch (NaN/Inf, float values outside
+                `[0, 1]`) or no class name is given.
         """
         s = check_shape(images, "B 3 H W", name="images")
+        images = as_image(images, name="images")
         text = self.encode_text(class_names)
         dense = self.clip.encode_dense(
             self._clip_input(images), mode="value", intermediates=self.config.clip_taps

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from samkit._checks import as_image
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
 from samkit.metrics.referring import has_target_from_mask
@@ -156,14 +157,20 @@ class SSPSAM(nn.Module):
         self.prompt_encoder = prompt_encoder
 
     # ------------------------------------------------------------------ encoders (frozen)
-    def tokenize(self, expressions: Sequence[str]) -> Tensor:
+    def tokenize(self, expressions: str | Sequence[str]) -> Tensor:
         """Format (template, lower-case) and tokenize expressions: `(B, L)` long.
+
+        Args:
+            expressions: `B` expressions; one `str` is one expression (`B = 1`).
 
         Raises:
             ValueError: If a text does not fit in `config.text_length` tokens.
         """
         cfg = self.config
-        texts = [cfg.text_template.format(e.lower() if cfg.lowercase else e) for e in expressions]
+        texts = [
+            cfg.text_template.format(e.lower() if cfg.lowercase else e)
+            for e in _as_expressions(expressions)
+        ]
         tokens = self.clip.tokenize(texts)
         length = cfg.text_length or tokens.shape[1]
         if bool((tokens[:, length:] != 0).any()):
@@ -171,9 +178,12 @@ class SSPSAM(nn.Module):
         return tokens[:, :length]
 
     def encode_text(
-        self, expressions: Sequence[str] | None = None, *, tokens: Tensor | None = None
+        self, expressions: str | Sequence[str] | None = None, *, tokens: Tensor | None = None
     ) -> TextEmbedding:
-        """Sentence embeddings `(B, C_e)` and word states `(B, L, C_t)` from CLIP's text tower."""
+        """Sentence embeddings `(B, C_e)` and word states `(B, L, C_t)` from CLIP's text tower.
+
+        One `str` is one expression.
+        """
         if tokens is None:
             if expressions is None:
                 raise ValueError("SSPSAM: pass expressions or tokens")
@@ -181,7 +191,10 @@ class SSPSAM(nn.Module):
         return self.clip.encode_tokens(tokens)
 
     def encode_clip(self, images: Tensor) -> ClipDenseOutput:
-        """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas."""
+        """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas.
+
+        `images` follow the image contract (uint8, or float in `[0, 1]`; see `forward`).
+        """
         canvas = letterbox(images, size=self.config.clip_image_size, fill=self.clip.pixel_mean)
         return self.clip.encode_dense(
             canvas, mode="surgery", surgery_depth=self.config.surgery_depth
@@ -229,7 +242,7 @@ class SSPSAM(nn.Module):
     def forward(
         self,
         images: Tensor | None,
-        expressions: Sequence[str] | None = None,
+        expressions: str | Sequence[str] | None = None,
         *,
         tokens: Tensor | None = None,
         text: TextEmbedding | None = None,
@@ -244,8 +257,10 @@ class SSPSAM(nn.Module):
         `sam.encode`. `images` may then be `None`.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`, one per expression.
-            expressions: `B` expressions (formatted with `config.text_template`).
+            images: RGB images `(B, 3, H, W)`, one per expression: float in `[0, 1]` (any float
+                dtype) or uint8 (divided by 255). `B = 0` gives empty outputs.
+            expressions: `B` expressions (formatted with `config.text_template`); one `str` is
+                one expression.
             tokens: Alternatively, CLIP token ids `(B, L)`.
             text: Alternatively, a precomputed `TextEmbedding` with token states.
             clip_features: Precomputed `encode_clip(images)`.
@@ -258,11 +273,22 @@ class SSPSAM(nn.Module):
             `has_target (B,)`, `prompts (B, K, D)` and, with `upsample`, `logits (B, 1, H, W)`.
 
         Raises:
-            ValueError: If neither images nor the matching precomputed inputs are given.
+            ValueError: If neither images nor the matching precomputed inputs are given, if
+                `images` is not a valid image batch (NaN/Inf, float values outside `[0, 1]`), or
+                if the number of expressions differs from the number of images.
         """
         if (clip_features is None or sam_embeddings is None) and images is None:
             raise ValueError("SSPSAM: images are needed unless clip_features and sam_embeddings")
+        if images is not None:
+            images = as_image(images, name="images")
         if text is None:
+            if expressions is not None:
+                expressions = _as_expressions(expressions)
+                if images is not None and len(expressions) != images.shape[0]:
+                    raise ValueError(
+                        f"expressions: expected one per image (B={images.shape[0]}), "
+                        f"got {len(expressions)}"
+                    )
             text = self.encode_text(expressions, tokens=tokens)
         if clip_features is None:
             assert images is not None
@@ -322,6 +348,20 @@ class SSPSAM(nn.Module):
         self.sam.image_encoder.train(False)
         self.sam.prompt_encoder.train(False)
         return self
+
+
+def _as_expressions(expressions: str | Sequence[str]) -> list[str]:
+    """One `str` is one expression; otherwise a sequence of `str` (empty for `B = 0`)."""
+    if isinstance(expressions, str):
+        return [expressions]
+    out = list(expressions)
+    bad = [e for e in out if not isinstance(e, str)]
+    if bad:
+        raise TypeError(
+            f"expressions: expected a str or a sequence of str, got an element of type "
+            f"{type(bad[0]).__name__}"
+        )
+    return out
 
 
 def _resolve(cfg: SSPSAMConfig | dict | str | None, overrides: dict[str, Any]) -> SSPSAMConfig:

@@ -276,8 +276,80 @@ class TestEncode:
         assert tapped.select(1).intermediates[0].shape == (1, 32, 16, 16)
 
     def test_exception(self, tiny_sam: SamBackbone) -> None:
-        with pytest.raises(ValueError, match=r"intermediates \[2\] out of range for 2 blocks"):
+        with pytest.raises(
+            ValueError, match=r"intermediates: expected block indices in \[-2, 2\), got \[2\]"
+        ):
             tiny_sam.encode(torch.rand(1, 3, 8, 8), intermediates=(0, 2))
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_uint8_images_are_scaled(self, tiny_sam: SamBackbone) -> None:
+        # before: uint8 passed as 0..255 floats and changed the embedding by ~3.6
+        images = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8)
+        got = tiny_sam.encode(images).embeddings
+        want = tiny_sam.encode(images.float() / 255).embeddings
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    @pytest.mark.parametrize("bad", [255.0, -0.5, float("nan"), float("inf")])
+    def test_invalid_float_images(self, tiny_sam: SamBackbone, bad: float) -> None:
+        images = torch.rand(1, 3, 40, 56)
+        images[0, 1, 3, 4] = bad
+        with pytest.raises(
+            ValueError, match=r"^images: expected (float values in \[0, 1\]|finite)"
+        ):
+            tiny_sam.encode(images)
+
+    def test_low_precision_images(self, tiny_sam: SamBackbone) -> None:
+        # a pin, not a regression: this already held on f8b78a2
+        images = torch.rand(2, 3, 40, 56)
+        want = tiny_sam.encode(images).embeddings
+        for dtype, atol in [(torch.float64, 1e-5), (torch.float16, 1e-2), (torch.bfloat16, 5e-2)]:
+            got = tiny_sam.encode(images.to(dtype)).embeddings
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, atol=atol, rtol=0)
+
+    def test_empty_batch(self, tiny_sam: SamBackbone) -> None:
+        # before: a reshape error inside segment_anything's window attention
+        emb = tiny_sam.encode(torch.rand(0, 3, 40, 56), intermediates=(0,))
+        assert emb.embeddings.shape == (0, 32, 16, 16)
+        assert emb.input_size == (91, 128) and emb.original_size == (40, 56)
+        assert [t.shape for t in emb.intermediates] == [(0, 32, 16, 16)]
+        # before: ZeroDivisionError in einops
+        prompts = Prompts(points=torch.zeros(0, 5, 1, 2), labels=torch.ones(0, 5, 1))
+        pred = tiny_sam.predict(emb, prompts, multimask=True)
+        assert pred.low_res_logits.shape == (0, 5, 3, 64, 64)
+        assert pred.logits is not None and pred.logits.shape == (0, 5, 3, 40, 56)
+        assert pred.iou_scores.shape == (0, 5, 3)
+        assert pred.tokens is not None and pred.tokens.shape == (0, 5, 3, 32)
+        assert tiny_sam.predict(emb, Prompts()).low_res_logits.shape == (0, 1, 1, 64, 64)
+        points = tiny_sam.predict_points(emb, torch.zeros(0, 7, 2), upsample=True)
+        assert points.low_res_logits.shape == (0, 7, 3, 64, 64)
+        assert points.logits is not None and points.logits.shape == (0, 7, 3, 40, 56)
+        out = tiny_sam(torch.zeros(0, 3, 40, 56, dtype=torch.uint8), prompts)
+        assert out.low_res_logits.shape == (0, 5, 1, 64, 64)
+
+    @pytest.mark.parametrize("label", [2, 3, -2, 0.5])
+    def test_point_labels_outside_sam_set(self, tiny_sam: SamBackbone, label: float) -> None:
+        # before: label 2 silently embedded a bare positional encoding (no label embedding)
+        emb = ImageEmbedding(torch.zeros(1, 32, 16, 16), (128, 128), (128, 128))
+        labels = torch.tensor([[[1.0, label]]])
+        with pytest.raises(
+            ValueError, match=r"^prompts\.labels: expected SAM point labels in \{-1, 0, 1\}"
+        ):
+            tiny_sam.predict(emb, Prompts(points=torch.zeros(1, 1, 2, 2), labels=labels))
+        with pytest.raises(ValueError, match=r"^labels: expected SAM point labels"):
+            tiny_sam.predict_points(emb, torch.zeros(1, 2, 2), labels[0])
+
+    def test_float64_embedding_and_prompts(self, tiny_sam: SamBackbone) -> None:
+        # before: "mat1 and mat2 must have the same dtype" from inside the mask decoder
+        emb = ImageEmbedding(torch.randn(1, 32, 16, 16), (128, 96), (128, 96))
+        prompts = Prompts(points=torch.rand(1, 2, 1, 2) * 90, labels=torch.ones(1, 2, 1))
+        want = tiny_sam.predict(emb, prompts)
+        got = tiny_sam.predict(emb.to(torch.float64), prompts.to(torch.float64))
+        assert got.low_res_logits.dtype == torch.float32
+        torch.testing.assert_close(got.low_res_logits, want.low_res_logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -643,7 +715,7 @@ class TestPredictPoints:
             tiny_sam.predict_points(emb, torch.zeros(1, 4, 2))
         with pytest.raises(ValueError, match=r"labels: expected shape \(B, N\) with N=4"):
             tiny_sam.predict_points(emb, torch.zeros(2, 4, 2), torch.ones(2, 3))
-        with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        with pytest.raises(ValueError, match="batch_size: expected an int >= 1, got 0"):
             tiny_sam.predict_points(emb, torch.zeros(2, 4, 2), batch_size=0)
 
 

@@ -98,3 +98,19 @@ def test_giou_symmetric_and_bounded(seed: int) -> None:
     torch.testing.assert_close(a, b)
     assert ((a >= 0) & (a <= 2)).all()
     assert giou_loss(p, p).abs() < 1e-3  # torchvision's eps=1e-7 in the IoU denominator
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_empty_batch_is_zero_not_nan(self) -> None:
+        assert giou_loss(torch.zeros(0, 4), torch.zeros(0, 4)).item() == 0.0
+        assert box_l1_loss(torch.zeros(0, 4), torch.zeros(0, 4)).item() == 0.0
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_boxes_give_the_float32_loss(self, dtype: torch.dtype) -> None:
+        # a pin, not a regression: torchvision already computed this in float32 on f8b78a2
+        pred, target = torch.rand(5, 4) * 0.5 + 0.25, torch.rand(5, 4) * 0.5 + 0.25
+        got = giou_loss(pred.to(dtype), target)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, giou_loss(pred, target), atol=2e-2, rtol=2e-2)

@@ -95,3 +95,32 @@ class TestReferringLoss:
         args = _batch()
         compiled = torch.compile(ReferringLoss(), backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(*args).total, referring_loss(*args).total)
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_empty_batch(self) -> None:
+        # before: NaN (mean over no mask)
+        out = referring_loss(
+            torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8), torch.zeros(0, 4), torch.zeros(0, 4)
+        )
+        assert out.total.shape == () and out.total.item() == 0.0
+
+    def test_soft_mask_targets_are_rejected(self) -> None:
+        with pytest.raises(ValueError, match=r"^mask_targets: expected a binary mask"):
+            referring_loss(
+                torch.zeros(1, 1, 4, 4),
+                torch.full((1, 1, 4, 4), 0.5),
+                torch.rand(1, 4),
+                torch.rand(1, 4),
+            )
+        with pytest.raises(ValueError, match=r"^has_target: expected a binary mask"):
+            referring_loss(
+                None,
+                None,
+                torch.rand(1, 4),
+                torch.rand(1, 4),
+                presence_logits=torch.zeros(1),
+                has_target=torch.tensor([0.7]),
+            )

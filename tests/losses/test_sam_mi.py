@@ -113,3 +113,35 @@ class TestSAMMILoss:
             SAMMILoss()(out, labels, stage=1)
         with pytest.raises(ValueError, match="stage must be"):
             SAMMILoss()(out, labels, stage=3)
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_zero_classes(self) -> None:
+        labels = torch.zeros(1, 8, 8, dtype=torch.long)
+        with pytest.raises(ValueError, match=r"^logits: expected at least one class \(T >= 1\)"):
+            cost_aggregation_loss(torch.zeros(1, 0, 4, 4), labels)
+
+    def test_empty_batch(self) -> None:
+        # before: NaN
+        labels = torch.zeros(0, 8, 8, dtype=torch.long)
+        assert cost_aggregation_loss(torch.zeros(0, 3, 4, 4), labels).item() == 0.0
+        out = TSPPOutput(
+            torch.zeros(0, 4, 4),
+            torch.zeros(0, 3, 4, 4),
+            torch.zeros(0, 3, 4, 4),
+            torch.zeros(0, 3, 4, 4, dtype=torch.bool),
+        )
+        assert tspp_loss(out, torch.zeros(0, 4, 4), labels).item() == 0.0
+
+    def test_probabilities_outside_unit_interval(self) -> None:
+        out = TSPPOutput(
+            torch.full((1, 4, 4), 0.5),
+            torch.zeros(1, 2, 4, 4),
+            torch.zeros(1, 2, 4, 4),
+            torch.zeros(1, 2, 4, 4, dtype=torch.bool),
+        )
+        labels = torch.zeros(1, 8, 8, dtype=torch.long)
+        with pytest.raises(ValueError, match=r"^prob_targets: expected probabilities in \[0, 1\]"):
+            tspp_loss(out, torch.full((1, 4, 4), 3.0), labels)

@@ -115,3 +115,31 @@ class TestDiceLoss:
     def test_pairwise_exception(self) -> None:
         with pytest.raises(ValueError, match=r"expected \(K, N\) and \(M, N\)"):
             pairwise_dice_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_empty_batch_is_zero_not_nan(self) -> None:
+        logits = torch.zeros(0, 1, 8, 8, requires_grad=True)
+        targets = torch.zeros(0, 1, 8, 8)
+        for loss in (dice_loss(logits, targets), sigmoid_focal_loss(logits, targets)):
+            assert loss.shape == () and loss.item() == 0.0
+            loss.backward()  # still part of the graph
+
+    def test_targets_outside_unit_interval(self) -> None:
+        # before: targets of 255 (a label map passed as a mask) gave a finite, meaningless loss
+        logits = torch.zeros(1, 4, 4)
+        with pytest.raises(ValueError, match=r"^targets: expected probabilities in \[0, 1\]"):
+            dice_loss(logits, torch.full((1, 4, 4), 255.0))
+        with pytest.raises(ValueError, match=r"^targets: expected probabilities in \[0, 1\]"):
+            sigmoid_focal_loss(logits, torch.full((1, 4, 4), -1.0))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_half_logits_give_the_float32_loss(self, dtype: torch.dtype) -> None:
+        logits = torch.randn(2, 1, 8, 8)
+        targets = (torch.rand(2, 1, 8, 8) > 0.5).float()
+        for fn in (dice_loss, sigmoid_focal_loss):
+            got = fn(logits.to(dtype), targets)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, fn(logits, targets), atol=1e-2, rtol=1e-2)

@@ -58,7 +58,7 @@ class TestOverlap:
         torch.testing.assert_close(mask_text_overlap(sam, text), _naive_overlap(sam, text))
 
     def test_exception(self) -> None:
-        with pytest.raises(ValueError, match="must not be finer"):
+        with pytest.raises(ValueError, match="text_masks: expected a grid no finer than"):
             mask_text_overlap(torch.zeros(2, 4, 4), torch.zeros(1, 8, 8))
         with pytest.raises(ValueError, match="sam_masks"):
             mask_text_overlap(torch.zeros(4, 4), torch.zeros(1, 2, 2))
@@ -198,3 +198,39 @@ class TestPointMasks:
             tiny_sam, emb, torch.zeros(1, 0, 2), torch.zeros(1, 0).bool(), size=(8, 8)
         )
         assert out.shape == (1, 0, 8, 8)
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_grid_mismatch_names_the_argument(self) -> None:
+        sam = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
+        text = torch.zeros(1, 2, 16, 4, dtype=torch.bool)
+        with pytest.raises(ValueError, match=r"^text_masks: expected a grid no finer than"):
+            ShallowMaskAggregator()(sam, text)
+
+    def test_non_binary_masks(self) -> None:
+        # before: soft masks were silently counted as fractional pixels
+        sam = torch.full((2, 8, 8), 0.5)
+        text = torch.ones(1, 2, 2, dtype=torch.bool)
+        with pytest.raises(ValueError, match=r"^sam_masks: expected a binary mask"):
+            shallow_mask_aggregation(sam, text)
+        with pytest.raises(ValueError, match=r"^text_masks: expected a binary mask"):
+            shallow_mask_aggregation(sam > 0, text * 0.3)
+
+    def test_alpha_is_a_probability(self) -> None:
+        with pytest.raises(ValueError, match=r"^alpha: expected a threshold in \[0, 1\], got 1\.5"):
+            ShallowMaskAggregator(alpha=1.5)
+
+    def test_empty_batch(self) -> None:
+        # before: pad_masks raised "expected at least one image"
+        out = ShallowMaskAggregator()(
+            torch.zeros(0, 3, 8, 8, dtype=torch.bool), torch.zeros(0, 2, 2, 2, dtype=torch.bool)
+        )
+        assert out.shape == (0, 0, 8, 8) and out.dtype == torch.bool
+
+    def test_pad_masks_size_mismatch(self) -> None:
+        with pytest.raises(ValueError, match=r"^masks\[1\]: expected shape \(N, H, W\) with H=4"):
+            pad_masks(
+                [torch.ones(1, 4, 4, dtype=torch.bool), torch.ones(1, 5, 4, dtype=torch.bool)]
+            )

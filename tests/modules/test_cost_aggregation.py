@@ -227,7 +227,7 @@ class TestCostAggregator:
     def test_exception(self) -> None:
         agg = _tiny_aggregator()
         feats, text, taps = _inputs()
-        with pytest.raises(ValueError, match="intermediate taps"):
+        with pytest.raises(ValueError, match="intermediates: expected 2 taps, got 1"):
             agg(feats, text, taps[:1])
         with pytest.raises(ValueError, match="either intermediates"):
             agg(feats, text)

@@ -172,7 +172,7 @@ class TestDecoupledMaskInjection:
         torch.testing.assert_close(only_low.appearance, low(feats, masks))
         both = DecoupledMaskInjection(low=low, high=high)(feats, taps, masks)
         torch.testing.assert_close(both.decoder_guidance[1], high[1](taps[1], masks))
-        with pytest.raises(ValueError, match="decoder guidance maps"):
+        with pytest.raises(ValueError, match="decoder_guidance: expected 2 maps, got 1"):
             DecoupledMaskInjection(low=None, high=high)(feats, taps[:1], masks)
 
     @given(st.data())

@@ -67,7 +67,7 @@ class TestTSPPTargets:
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="expected 4 dims"):
             tspp_targets(torch.zeros(2, 8, 8, dtype=torch.bool))
-        with pytest.raises(ValueError, match="g_p must be"):
+        with pytest.raises(ValueError, match="g_p: expected a number > 0, got 0"):
             tspp_targets(torch.zeros(1, 1, 8, 8, dtype=torch.bool), g_p=0)
 
     def test_device(self, device: torch.device) -> None:
@@ -194,3 +194,46 @@ class TestTextGuidedSparsePointPrompter:
 
 torch.manual_seed(0)
 _TSPP = TextGuidedSparsePointPrompter(dim=8, num_heads=2, grid=6).eval()
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+    def test_float_dtypes(self, dtype: torch.dtype) -> None:
+        # before: float64 costs crashed inside the first convolution (dtype mismatch)
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8).eval()
+        cost = torch.randn(2, 3, 6, 6)
+        want = tspp(cost)
+        got = tspp(cost.to(dtype))
+        assert got.prob.dtype == torch.float32
+        atol = 1e-5 if dtype == torch.float64 else 2e-2
+        torch.testing.assert_close(got.prob, want.prob, atol=atol, rtol=0)
+        torch.testing.assert_close(got.mask_logits, want.mask_logits, atol=atol * 10, rtol=0)
+
+    def test_empty_batch(self) -> None:
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8).eval()
+        out = tspp(torch.zeros(0, 3, 6, 6))
+        assert out.prob.shape == (0, 8, 8) and out.prob_logits.shape == (0, 3, 8, 8)
+        assert out.mask_logits.shape == (0, 3, 6, 6) and out.text_masks.shape == (0, 3, 6, 6)
+        assert tspp_targets(torch.zeros(0, 2, 32, 32, dtype=torch.bool), grid=8).shape == (0, 8, 8)
+        points, valid = sample_points(out.prob, (64, 64))
+        assert points.shape == (0, 0, 2) and valid.shape == (0, 0)
+
+    def test_invalid(self) -> None:
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8)
+        with pytest.raises(ValueError, match=r"^cost: expected at least one class \(T >= 1\)"):
+            tspp(torch.zeros(1, 0, 6, 6))
+        soft = torch.full((1, 1, 16, 16), 0.5)
+        with pytest.raises(ValueError, match=r"^gt_masks: expected a binary mask.*got value 0\.5"):
+            tspp_targets(soft, grid=8)
+        with pytest.raises(ValueError, match=r"^grid: expected an int >= 1, got 0"):
+            tspp_targets(soft > 0, grid=0)
+        with pytest.raises(ValueError, match=r"^grid: expected an int >= 1, got -2"):
+            grid_points(-2, (64, 64))
+        with pytest.raises(ValueError, match=r"^grid: expected an int >= 1, got 0"):
+            TextGuidedSparsePointPrompter(grid=0)
+        with pytest.raises(ValueError, match=r"^prob: expected probabilities in \[0, 1\]"):
+            sample_points(torch.full((1, 4, 4), 1.5), (64, 64))
+        with pytest.raises(ValueError, match=r"^num_classes: expected an int >= 1, got 0"):
+            masks_from_labels(torch.zeros(1, 4, 4, dtype=torch.long), 0)

@@ -181,3 +181,37 @@ class TestTwoStageTraining:
         assert all(p.grad is not None for p in m.tspp.parameters())  # type: ignore[union-attr]
         assert all(p.grad is None for p in m.aggregator.parameters())
         assert all(p.grad is None for p in m.clip.parameters())
+
+
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_one_string_is_one_class(self, model: SAMMI, images: torch.Tensor) -> None:
+        # before: "cat" was split into the three classes 'c', 'a', 't'
+        with torch.no_grad():
+            got = model(images, "cat")
+            want = model(images, ["cat"])
+            tspp = model.prompter(images, "cat")
+        assert got.logits.shape[1] == 1 and tspp.mask_logits.shape[1] == 1
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+        assert model.encode_text("cat").shape[0] == 1
+        with pytest.raises(ValueError, match=r"^class_names: expected at least one class name"):
+            model(images, [])
+
+    def test_uint8_images(self, model: SAMMI) -> None:
+        # before: uint8 images were used as 0..255 floats and changed the logits
+        images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+        with torch.no_grad():
+            got = model(images, ["a", "b"])
+            want = model(images.float() / 255, ["a", "b"])
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"^images: expected finite pixel values"):
+            model(torch.full((1, 3, 64, 64), float("nan")), ["a"])
+
+    def test_empty_batch(self, model: SAMMI) -> None:
+        # before: a reshape error inside SAM's image encoder
+        with torch.no_grad():
+            out = model(torch.zeros(0, 3, 64, 64), ["a", "b"])
+        assert out.logits.shape == (0, 2, 32, 32)
+        assert out.points.shape[0] == 0 and out.sam_masks.shape[0] == 0
+        assert out.tspp is not None and out.tspp.prob.shape == (0, 32, 32)

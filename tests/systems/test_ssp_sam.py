@@ -149,6 +149,41 @@ class TestSSPSAM:
 # written with the reference's module types and key names.
 
 
+class TestInputContract:
+    """Regression tests of issue #11 item 5 (each failed on f8b78a2)."""
+
+    def test_uint8_images(self, model: SSPSAM) -> None:
+        # before: uint8 images were used as 0..255 floats and changed the prediction
+        images = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8)
+        with torch.no_grad():
+            got = model(images, TEXTS[:2])
+            want = model(images.float() / 255, TEXTS[:2])
+        torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"^images: expected float values in \[0, 1\]"):
+            model(images.float(), TEXTS[:2])
+
+    def test_one_string_is_one_expression(self, model: SSPSAM) -> None:
+        # before: "the red circle" was split into 14 one-character expressions
+        images = torch.rand(1, 3, 128, 128)
+        with torch.no_grad():
+            got = model(images, TEXTS[0])
+            want = model(images, [TEXTS[0]])
+        torch.testing.assert_close(got.low_res_logits, want.low_res_logits, rtol=0, atol=0)
+        with pytest.raises(
+            ValueError, match=r"^expressions: expected one per image \(B=1\), got 2"
+        ):
+            model(images, TEXTS[:2])
+
+    def test_empty_batch(self, model: SSPSAM) -> None:
+        # before: a reshape error inside SAM's image encoder
+        with torch.no_grad():
+            out = model(torch.zeros(0, 3, 96, 128), [], upsample=True)
+        assert out.low_res_logits.shape == (0, 1, 64, 64) and out.iou_scores.shape == (0, 1)
+        assert out.boxes.shape == (0, 4) and out.has_target.shape == (0,)
+        assert out.prompts.shape == (0, model.config.num_prompts, model.sam.prompt_dim)
+        assert out.logits is not None and out.logits.shape == (0, 1, 96, 128)
+
+
 class _MLP(nn.Module):
     def __init__(self, i: int, h: int, o: int, n: int) -> None:
         super().__init__()
