@@ -227,6 +227,7 @@ class TestCheckpoints:
         )
 
     @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+    @pytest.mark.filterwarnings("ignore:`torch.jit.trace_method` is deprecated:FutureWarning")
     @pytest.mark.parametrize("quick", [False, True])
     def test_traced_archive_activation_is_read(self, quick: bool, tmp_path: Path) -> None:
         torch.manual_seed(0)
@@ -361,6 +362,7 @@ def _assert_same_features(ref_model: nn.Module, clip: ClipBackbone, atol: float 
         torch.testing.assert_close(mine.intermediates[0], theirs.intermediates[0], **tol)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 class TestQuickGelu:
     """`quick_gelu=None` reads the activation from the file; see docs/backbones/clip.md."""
 
