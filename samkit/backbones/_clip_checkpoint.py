@@ -104,11 +104,16 @@ class ClipCheckpoint:
     certain: bool
 
 
-def _half_valued(t: Tensor) -> bool:
-    """Whether every value of a floating tensor is exactly representable in float16."""
-    if t.dtype == torch.float16:
+def _fits(t: Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of a floating tensor is exactly representable in `dtype`."""
+    if t.dtype == dtype:
         return True
-    return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
+    return bool(torch.equal(t.to(dtype).to(t.dtype), t))
+
+
+def _half_valued(t: Tensor) -> bool:
+    """Whether a tensor holds float16 values (bfloat16 storage never counts)."""
+    return t.dtype != torch.bfloat16 and _fits(t, torch.float16)
 
 
 def _precision_evidence(state: dict[str, Tensor]) -> tuple[bool | None, str, bool]:
@@ -118,6 +123,7 @@ def _precision_evidence(state: dict[str, Tensor]) -> tuple[bool | None, str, boo
     biases of the convolution, attentions and MLPs and the two projections are float16, while the
     LayerNorms, embeddings and `logit_scale` stay float32. Upcast to float32 (`model.float()`), the
     matrices still hold float16 values. open_clip trains in float32, so its matrices do not.
+    Weights that also fit bfloat16 (8 significant bits; a cast to bfloat16) are no evidence.
     """
     half = [
         v
@@ -131,7 +137,16 @@ def _precision_evidence(state: dict[str, Tensor]) -> tuple[bool | None, str, boo
         if v.is_floating_point()
         and not (k.endswith(_OPENAI_HALF_SUFFIXES) or k.endswith(_OPENAI_HALF_PROJECTIONS))
     ]
-    if not half or not rest or not all(_half_valued(v) for v in half):
+    if not half or not rest:
+        return None, "it does not have OpenAI's layout", True
+    if all(_fits(v, torch.bfloat16) for v in half):  # 8 significant bits: not OpenAI's float16
+        return (
+            None,
+            "its weight matrices hold bfloat16 values, so it may be OpenAI's (QuickGELU) or "
+            "open_clip's (GELU) after a cast to bfloat16",
+            False,
+        )
+    if not all(_half_valued(v) for v in half):
         return None, "its weight matrices hold full-precision values", True
     stored_mixed = all(v.dtype == torch.float16 for v in half) and any(
         v.dtype != torch.float16 for v in rest

@@ -325,6 +325,9 @@ def clip_files(small_config: str, tmp_path_factory: pytest.TempPathFactory) -> d
     laion = _randomise(open_clip.create_model(small_config), 1)  # trained in float32, GELU
     torch.save(laion.state_dict(), out / "laion.pt")
     torch.save(copy.deepcopy(laion).half().state_dict(), out / "laion_half.pt")
+    bf16 = copy.deepcopy(laion)
+    open_clip.model.convert_weights_to_lp(bf16, dtype=torch.bfloat16)  # precision="bf16"
+    torch.save(bf16.state_dict(), out / "laion_bf16.pt")
     return {p.stem: p for p in out.iterdir()}
 
 
@@ -413,9 +416,14 @@ class TestQuickGelu:
         with pytest.warns(UserWarning, match="quick_gelu=False gives GELU, but it carries"):
             build_clip_backbone(SMALL, checkpoint=clip_files["openai_extra_keys"], quick_gelu=False)
 
-    def test_half_everywhere_is_ambiguous(self, clip_files: dict[str, Path]) -> None:
-        with pytest.warns(UserWarning, match="cannot tell whether .* float16 values"):
-            clip = build_clip_backbone(SMALL, checkpoint=clip_files["laion_half"])
+    @pytest.mark.parametrize(
+        ("stem", "values"), [("laion_half", "float16"), ("laion_bf16", "bfloat16")]
+    )
+    def test_low_precision_everywhere_is_ambiguous(
+        self, clip_files: dict[str, Path], stem: str, values: str
+    ) -> None:
+        with pytest.warns(UserWarning, match=f"cannot tell whether .* {values} values"):
+            clip = build_clip_backbone(SMALL, checkpoint=clip_files[stem])
         assert not _is_quick(clip)
 
     def test_quickgelu_config_and_off_switch(self, clip_files: dict[str, Path]) -> None:
