@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from samkit._io import read_checkpoint
 from samkit.data.datasets import PanopticBatch, SyntheticPanopticDataset, collate_panoptic
 from samkit.data.synthetic import NUM_CLASSES, NUM_THING_CLASSES
 from samkit.losses.sam_cp import SAMCPLoss
@@ -156,8 +157,9 @@ def save_checkpoint(out: Path, model: SAMCP, opt: torch.optim.Optimizer, step: i
 
 
 def load_checkpoint(out: Path, model: SAMCP, opt: torch.optim.Optimizer) -> int:
-    model.load_state_dict(load_file(str(out / "last.safetensors")))
-    state = torch.load(out / "last_state.pt", map_location="cpu", weights_only=True)
+    kind = "SAM-CP resume state"
+    model.load_state_dict(read_checkpoint(out / "last.safetensors", kind=kind))
+    state = read_checkpoint(out / "last_state.pt", kind=kind)
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])
 

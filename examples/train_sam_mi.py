@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from scipy.ndimage import label as connected_components
 from tqdm import tqdm
 
+from samkit._io import read_checkpoint
 from samkit.data.datasets import SyntheticSemanticDataset
 from samkit.losses.sam_mi import SAMMILoss
 from samkit.metrics.semantic import SemanticIoU
@@ -153,6 +154,13 @@ def save_checkpoint(out: Path, model: SAMMI, opt: torch.optim.Optimizer, state: 
     (out / "last.json").write_text(json.dumps(state, indent=2))
 
 
+def load_checkpoint(out: Path, model: SAMMI, opt: torch.optim.Optimizer) -> None:
+    """Load what `save_checkpoint` wrote (tensors only; a bad file is a clear ValueError)."""
+    kind = "SAM-MI resume state"
+    model.load_state_dict(read_checkpoint(out / "last.safetensors", kind=kind))
+    opt.load_state_dict(read_checkpoint(out / "last_optim.pt", kind=kind)["optimizer"])
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     keys = ["stage", "step", "loss", "miou", "baseline", "points_per_image", "segment_recall"]
     print(" | ".join(f"{k:>16}" for k in keys))
@@ -198,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         groups = model.configure_stage(stage)
         opt = torch.optim.AdamW(groups, weight_decay=model.config.weight_decay)
         if args.resume and state["step"] > 0 and stage == state["stage"]:
-            load_model(model, str(out / "last.safetensors"))
-            opt.load_state_dict(torch.load(out / "last_optim.pt")["optimizer"])
+            load_checkpoint(out, model, opt)
         bar = tqdm(
             range(state["step"], steps[stage]), desc=f"stage {stage}", disable=args.no_progress
         )

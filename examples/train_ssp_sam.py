@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from samkit._io import read_checkpoint
 from samkit.data.datasets import SyntheticReferringDataset
 from samkit.losses.referring import ReferringLoss
 from samkit.metrics.referring import ReferringMetrics, referring_iou, to_sam_padded_frame
@@ -319,12 +320,13 @@ def save(out: Path, model: SSPSAM, opt, step: int, args: argparse.Namespace) -> 
 
 
 def load(out: Path, model: SSPSAM, opt) -> int:
-    weights = load_file(str(out / "model.safetensors"))
+    kind = "SSP-SAM resume state"
+    weights = read_checkpoint(out / "model.safetensors", kind=kind)
     missing = set(trainable_state(model)) - set(weights)
     if missing:
         raise RuntimeError(f"checkpoint lacks {sorted(missing)[:5]}")
     model.load_state_dict(weights, strict=False)
-    state = torch.load(out / "state.pt", map_location="cpu", weights_only=True)
+    state = read_checkpoint(out / "state.pt", kind=kind)
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     return int(state["step"])

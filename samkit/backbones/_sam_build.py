@@ -23,6 +23,8 @@ from segment_anything.modeling import (
 )
 from torch import nn
 
+from samkit._io import read_checkpoint
+
 __all__: list[str] = []
 
 # SAM's pixel statistics, on the 0-255 scale (segment_anything/build_sam.py).
@@ -145,14 +147,16 @@ def build_sam_parts(spec: SamVariantSpec) -> tuple[ImageEncoderViT, PromptEncode
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (`.pth`/`.pt` via `torch.load(weights_only=True)`, or `.safetensors`).
+    """Read a SAM checkpoint file (`.pth`/`.pt` or `.safetensors`) with `samkit._io`.
 
-    A dict that wraps the weights under `"model"` or `"state_dict"` (and has no `image_encoder.`
-    keys itself) is unwrapped.
+    Pickles are read with `torch.load(weights_only=True)` only. A dict that wraps the weights
+    under `"model"` or `"state_dict"` (and has no `image_encoder.` keys itself) is unwrapped.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file does not hold a dict of tensors.
+        ValueError: If the file is not a readable SAM checkpoint (empty, truncated, garbage,
+            pickled Python objects beyond tensors) or does not hold a dict of tensors; the
+            message names the file.
     """
     p = Path(path)
     if not p.is_file():
@@ -160,14 +164,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"SAM checkpoint not found: {str(p)!r} (samkit never downloads weights; pass the path "
             "of a local file such as sam_vit_b_01ec64.pth)"
         )
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: object = load_file(str(p), device="cpu")
-    else:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    state = read_checkpoint(p, kind="SAM checkpoint")
     if not isinstance(state, dict):
-        raise ValueError(f"SAM checkpoint {str(p)!r}: expected a dict, got {type(state).__name__}")
+        raise ValueError(
+            f"{p}: not a readable SAM checkpoint: expected a dict, got {type(state).__name__} "
+            "(a state dict of tensors, optionally under 'model' or 'state_dict')"
+        )
     if not any(str(k).startswith("image_encoder.") for k in state):
         for wrapper in ("model", "state_dict"):
             inner = state.get(wrapper)

@@ -27,7 +27,7 @@ from einops import rearrange
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_class_names, as_image, check_shape
 from samkit.backbones._clip_checkpoint import create_clip_model, create_tokenizer
 from samkit.backbones._clip_dense import DENSE_MODES, DenseMode, embed_images, run_dense_tower
 from samkit.backbones._clip_trainable import POLICIES, TrainablePolicy, apply_policy
@@ -168,12 +168,24 @@ class ClipBackbone(nn.Module):
         return self
 
     # ------------------------------------------------------------------ images
-    def _normalise(self, images: Tensor) -> Tensor:
-        check_shape(images, "B 3 H W", name="images")
+    def _images(self, images: Tensor) -> Tensor:
+        """The image contract: `as_image` (uint8 -> [0, 1], range and finiteness checked).
+
+        Under `torch.compile` the value checks (a device sync) are skipped, so graphs stay whole.
+        """
+        dtype = self.pixel_mean.dtype
+        if torch.compiler.is_compiling():
+            check_shape(images, "B 3 H W", name="images")
+            images = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
+        else:
+            images = as_image(images, name="images", dtype=dtype)
         if images.shape[-2] < self.patch_size or images.shape[-1] < self.patch_size:
             raise ValueError(
                 f"images: expected H, W >= patch size {self.patch_size}, got {tuple(images.shape)}"
             )
+        return images
+
+    def _normalise(self, images: Tensor) -> Tensor:
         dtype = self.model.visual.conv1.weight.dtype
         return ((images - self.pixel_mean) / self.pixel_std).to(dtype)
 
@@ -193,7 +205,8 @@ class ClipBackbone(nn.Module):
         open_clip model is never modified.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype; computed in
+                the model's dtype) or uint8 in `0..255`. `B = 0` gives empty outputs.
             mode: `"plain"`, `"value"` or `"surgery"`.
             intermediates: Block indices (negative counts from the end) whose outputs to return;
                 these are always the outputs of the unmodified blocks.
@@ -204,14 +217,19 @@ class ClipBackbone(nn.Module):
             `intermediates`, each `(B, vision_width, h, w)`, with `h, w = H // p, W // p`.
 
         Raises:
-            ValueError: For a bad image shape, mode, tap index or `surgery_depth < 1`.
+            ValueError: For a bad image shape, mode, tap index or `surgery_depth < 1`; for float
+                images outside `[0, 1]` or with NaN / Inf pixels.
+            TypeError: For images that are neither uint8 nor floating.
         """
         if mode not in DENSE_MODES:
             raise ValueError(f"unknown dense mode {mode!r}; expected one of {DENSE_MODES}")
         if surgery_depth < 1:
             raise ValueError(f"surgery_depth must be >= 1, got {surgery_depth}")
         taps = [self._block_index(i) for i in intermediates]
+        images = self._images(images)
         visual = self.model.visual
+        if images.shape[0] == 0:
+            return self._empty_dense(images, len(taps))
         x, (gh, gw) = embed_images(visual, self._normalise(images))
         depth = min(surgery_depth, self.num_vision_blocks)
         x, saved = run_dense_tower(visual, x, mode=mode, taps=taps, surgery_depth=depth)
@@ -224,6 +242,16 @@ class ClipBackbone(nn.Module):
         ]
         return ClipDenseOutput(features=features, cls=tokens[:, 0], intermediates=taps_out)
 
+    def _empty_dense(self, images: Tensor, num_taps: int) -> ClipDenseOutput:
+        """The outputs of `encode_dense` for an empty batch (`B = 0`)."""
+        h, w = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+        like = self.model.visual.conv1.weight
+        features = like.new_zeros(0, self.embed_dim, h, w)
+        taps = [like.new_zeros(0, self.vision_width, h, w) for _ in range(num_taps)]
+        return ClipDenseOutput(
+            features=features, cls=like.new_zeros(0, self.embed_dim), intermediates=taps
+        )
+
     def _block_index(self, index: int) -> int:
         n = self.num_vision_blocks
         if not -n <= index < n:
@@ -234,7 +262,7 @@ class ClipBackbone(nn.Module):
         """Dense features only: `encode_dense(images, mode=mode).features`, `(B, C_e, h, w)`.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8 (see `encode_dense`).
             mode: `"plain"`, `"value"` or `"surgery"`.
 
         Returns:
@@ -243,17 +271,18 @@ class ClipBackbone(nn.Module):
         return self.encode_dense(images, mode=mode).features
 
     def forward(self, images: Tensor, *, mode: DenseMode = "plain") -> Tensor:
-        """Same as `dense_features`: `(B, 3, H, W)` in `[0, 1]` to `(B, C_e, h, w)`."""
+        """Same as `dense_features`: `(B, 3, H, W)` in `[0, 1]` (or uint8) to `(B, C_e, h, w)`."""
         return self.dense_features(images, mode=mode)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """CLIP's global image embedding, L2-normalised: `(B, C_e)`, at any input size.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8 (see `encode_dense`).
 
         Returns:
-            `(B, C_e)`; equals open_clip's `encode_image(..., normalize=True)` at the native size.
+            `(B, C_e)` (`(0, C_e)` for an empty batch); equals open_clip's
+            `encode_image(..., normalize=True)` at the native size.
         """
         out = self.encode_dense(images)
         pooled = out.cls if self.model.visual.pool_type == "tok" else out.features.mean(dim=(2, 3))
@@ -339,7 +368,8 @@ class ClipBackbone(nn.Module):
         renormalised. SSP-SAM's sentence input is `templates=["{}."], lowercase=True`.
 
         Args:
-            texts: One text or `T` texts (class names or sentences).
+            texts: One text (a `str` is one text, not its characters) or `T >= 1` texts (class
+                names or sentences).
             templates: Format strings with one `{}`, e.g. `["a photo of a {}."]`; `None` uses
                 the texts as they are.
             return_tokens: Also return `token_states (T, L, text_width)`, `padding_mask (T, L)`
@@ -352,13 +382,14 @@ class ClipBackbone(nn.Module):
             `TextEmbedding` with `embeddings (T, C_e)` and `texts` as given.
 
         Raises:
-            ValueError: For no texts, a template without `{}`, or `return_tokens` with several
-                templates.
+            ValueError: For no texts, no templates, a template without `{}`, or `return_tokens`
+                with several templates.
+            TypeError: If `texts` is neither a `str` nor a sequence of `str`.
         """
-        names = [texts] if isinstance(texts, str) else list(texts)
+        names = as_class_names(texts, name="texts")
         fmts = ["{}"] if templates is None else list(templates)
-        if not names or not fmts:
-            raise ValueError("encode_text: expected at least one text and one template")
+        if not fmts:
+            raise ValueError("templates: expected at least one template, got none")
         if any("{}" not in f for f in fmts):
             raise ValueError(f"encode_text: every template needs a '{{}}' slot, got {fmts}")
         if return_tokens and len(fmts) > 1:
@@ -419,20 +450,33 @@ def build_clip_backbone(
     Args:
         name: An open_clip built-in model name (`"ViT-B-16"`, `"ViT-L-14-336"`, ...) or
             `"tiny"` (random 4-block ViT, image 32, patch 8, width 64; text width 32; C_e 32).
-        checkpoint: A local file: an OpenAI JIT archive or state dict, an open_clip state dict,
-            or `.safetensors`; `None` gives random weights. Loaded strictly.
+        checkpoint: A local file: OpenAI's TorchScript archive (`ViT-B-16.pt`), a `torch.save`d
+            state dict (OpenAI's or open_clip's layout), or `.safetensors`; `None` gives random
+            weights. Loaded strictly; pickles only with `weights_only=True`.
         image_size: Native input size (the positional embedding is resized once, at load);
             `None` keeps the config's. Other sizes still work per call.
-        quick_gelu: Force QuickGELU on; `None` turns it on for OpenAI checkpoints (JIT archives
-            or state dicts with OpenAI's extra entries) and `*-quickgelu` names.
+        quick_gelu: QuickGELU (`True`) or GELU (`False`) in every MLP. `None` (default): on for
+            `*-quickgelu` names; otherwise read from the checkpoint: the activation modules of a
+            TorchScript archive, OpenAI's extra `input_resolution` / `context_length` /
+            `vocab_size` entries, or OpenAI's mixed half precision (float16 weight matrices,
+            float32 LayerNorms; with a warning, since open_clip's `precision="fp16"` models
+            look the same). A state dict with full-precision weight matrices (open_clip / LAION
+            training) gets GELU; one that is float16 throughout gets GELU with a warning. See
+            `docs/backbones/clip.md`.
 
     Returns:
         The backbone, frozen (policy `"none"`) and in eval mode, on the CPU.
 
     Raises:
         ValueError: If `name` or `checkpoint` would need the network (`hf-hub:` names,
-            pretrained tags such as `"openai"`, HF text towers) or `name` is unknown.
+            pretrained tags such as `"openai"`, HF text towers) or `name` is unknown; or if
+            `checkpoint` is not a readable CLIP checkpoint (empty, truncated, not a checkpoint,
+            or pickled Python objects beyond tensors), with the file named.
         FileNotFoundError: If `checkpoint` is a path that does not exist.
+
+    Warns:
+        UserWarning: When `quick_gelu=None` and the checkpoint's activation is a guess, or when
+            an explicit choice contradicts what the checkpoint states.
 
     Examples:
         >>> clip = build_clip_backbone("tiny")

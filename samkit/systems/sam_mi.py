@@ -49,6 +49,7 @@ class SAMMIConfig:
 
     clip_name: str = "ViT-B-16"  # open_clip model name, or "tiny"
     clip_checkpoint: str | None = None  # local CLIP weights (never downloaded)
+    quick_gelu: bool | None = None  # CLIP activation; None: read from the checkpoint (OpenAI: on)
     clip_size: int = 384  # CLIP input side (CAT-Seg: 384 for ViT-B/16, 336 for ViT-L/14)
     clip_taps: tuple[int, ...] = (3, 7)  # CLIP blocks feeding the x2 / x4 decoder stages
     templates: tuple[str, ...] = ("A photo of a {} in the scene",)  # CAT-Seg "single" template
@@ -360,7 +361,7 @@ def build_sam_mi(
         SAMMIConfig, cfg, overrides, presets={"tiny": SAMMIConfig.tiny}, system="SAM-MI"
     )
     if clip is None:
-        clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
+        clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
     if sam is None:
         from samkit.backbones.sam import build_sam_backbone
 

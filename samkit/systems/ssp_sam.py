@@ -58,6 +58,7 @@ class SSPSAMConfig:
 
     clip_name: str = "ViT-L-14-336"  # open_clip model name of the frozen CLIP
     clip_checkpoint: str | None = None  # local CLIP weights (OpenAI JIT / state dict); None: random
+    quick_gelu: bool | None = None  # CLIP activation; None: read from the checkpoint (OpenAI: on)
     clip_image_size: int = 336  # side S of the square CLIP input canvas
     surgery_depth: int = 6  # trailing CLIP blocks that get CLIP-Surgery's v-v attention path
     clip_trainable: Literal["none", "attention_qv", "visual", "all"] = "none"  # paper: "none"
@@ -392,7 +393,9 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         ('token', 64)
     """
     config = _resolve(cfg, overrides)
-    clip = build_clip_backbone(config.clip_name, config.clip_checkpoint)
+    clip = build_clip_backbone(
+        config.clip_name, config.clip_checkpoint, quick_gelu=config.quick_gelu
+    )
     clip.set_trainable(config.clip_trainable)
     sam = build_sam_backbone(config.sam_variant, config.sam_checkpoint)
     sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)

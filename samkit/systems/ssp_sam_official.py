@@ -15,9 +15,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from samkit._io import read_checkpoint
 from samkit.systems.ssp_sam import (
     REFERENCE_QUIRKS,
     SSP_SAM_PRESETS,
@@ -117,12 +117,15 @@ def _read(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"SSP-SAM checkpoint not found: {path}")
     # The release pickles an argparse.Namespace next to the weights; allow exactly that.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    kind = "SSP-SAM official checkpoint"
+    ckpt = read_checkpoint(path, kind=kind, safe_globals=[argparse.Namespace])
     if isinstance(ckpt, Mapping) and "model" in ckpt:
         ckpt = ckpt["model"]
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path}: expected a state dict or {{'model': state_dict}}")
+        raise ValueError(
+            f"{path}: not a readable {kind}: expected a state dict or {{'model': state_dict}}, "
+            f"got {type(ckpt).__name__}"
+        )
     return ckpt
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import open_clip
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from samkit.backbones._clip_checkpoint import check_name
+from samkit.backbones._clip_checkpoint import _tiny_cfgs, check_name
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.types import ClipDenseOutput, TextEmbedding
 from tests.conftest import TOLERANCES
@@ -110,6 +112,15 @@ def _reference_surgery(visual: nn.Module, x: Tensor, depth: int) -> Tensor:
     x = x.clone()
     x[0, :, :] = x_ori[0, :, :]
     return _project(visual, x.permute(1, 0, 2))
+
+
+def _is_quick(clip: ClipBackbone) -> bool:
+    """Whether every MLP of both towers runs QuickGELU (False: every one runs GELU)."""
+    acts = [b.mlp.gelu for b in clip.model.visual.transformer.resblocks]
+    acts += [b.mlp.gelu for b in clip.model.transformer.resblocks]
+    quick = [isinstance(a, open_clip.model.QuickGELU) for a in acts]
+    assert all(quick) or not any(quick)
+    return quick[0]
 
 
 def _as_tokens(out: ClipDenseOutput) -> Tensor:
@@ -215,18 +226,25 @@ class TestCheckpoints:
             loaded.model.visual.conv1.weight, tiny_clip.model.visual.conv1.weight.half().float()
         )
 
+    @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
     @pytest.mark.filterwarnings("ignore:`torch.jit.trace_method` is deprecated:FutureWarning")
-    def test_openai_jit_archive(self, tiny_clip: ClipBackbone, tmp_path: Path) -> None:
-        model = copy.deepcopy(tiny_clip.model)
-        traced = torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 32, 32)})
+    @pytest.mark.parametrize("quick", [False, True])
+    def test_traced_archive_activation_is_read(self, quick: bool, tmp_path: Path) -> None:
+        torch.manual_seed(0)
+        model = open_clip.CLIP(**_tiny_cfgs(None), quick_gelu=quick).eval()
+        inputs = {"encode_image": torch.rand(1, 3, 32, 32)}
+        traced = torch.jit.trace_module(model, inputs, check_trace=False)
         traced.save(str(tmp_path / "jit.pt"))
-        loaded = build_clip_backbone("tiny", checkpoint=tmp_path / "jit.pt")
-        assert isinstance(
-            loaded.model.visual.transformer.resblocks[0].mlp.gelu, open_clip.model.QuickGELU
-        )
-        torch.testing.assert_close(loaded.model.visual.proj, tiny_clip.model.visual.proj)
-        plain = build_clip_backbone("tiny", checkpoint=tmp_path / "jit.pt", quick_gelu=False)
-        self._check_same(tiny_clip, plain)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # the archive says it: no guess
+            loaded = build_clip_backbone("tiny", checkpoint=tmp_path / "jit.pt")
+        assert _is_quick(loaded) is quick
+        self._check_same(ClipBackbone(model=model, tokenizer=loaded.tokenizer), loaded)
+        with pytest.warns(UserWarning, match="activations are (Quick)?GELU modules"):
+            other = build_clip_backbone(
+                "tiny", checkpoint=tmp_path / "jit.pt", quick_gelu=not quick
+            )
+        assert _is_quick(other) is not quick
 
     def test_image_size_resizes_pos_embed(self, tiny_clip: ClipBackbone, tmp_path: Path) -> None:
         torch.save(tiny_clip.model.state_dict(), tmp_path / "tiny.pt")
@@ -240,6 +258,183 @@ class TestCheckpoints:
         torch.save(state, tmp_path / "broken.pt")
         with pytest.raises(RuntimeError, match="does not fit CLIP architecture"):
             build_clip_backbone("tiny", checkpoint=tmp_path / "broken.pt")
+
+
+# ---------------------------------------------------------------- faithful loading (QuickGELU)
+# A small architecture that open_clip's own OpenAI loader can rebuild from a state dict
+# (`build_model_from_openai_state_dict` infers 64-wide heads), registered as an open_clip config.
+SMALL = "samkit-test-ViT-64"
+SMALL_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def small_config() -> Iterator[str]:
+    from open_clip import factory
+
+    factory._MODEL_CONFIGS[SMALL] = SMALL_CFG
+    factory._MODEL_CONFIGS[f"{SMALL}-quickgelu"] = {**SMALL_CFG, "quick_gelu": True}
+    yield SMALL
+    factory._MODEL_CONFIGS.pop(SMALL, None)
+    factory._MODEL_CONFIGS.pop(f"{SMALL}-quickgelu", None)
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Random trained-looking weights: LayerNorm scales near 1, everything else spread out."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            norm = ".ln_" in name or name.startswith("ln_")
+            if norm and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(noise * (0.1 if p.ndim > 1 else 0.3))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def clip_files(small_config: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same random weights in every file format samkit reads, OpenAI's and open_clip's."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    out = tmp_path_factory.mktemp("clip_files")
+    source = _randomise(open_clip.create_model(small_config, force_quick_gelu=True), 0)
+    # What OpenAI released: QuickGELU, mixed half precision (open_clip rebuilds it the same way)
+    openai = build_model_from_openai_state_dict(dict(source.state_dict()))
+    # OpenAI's TorchScript archive: a trace, with its extra entries and no `attn_mask` buffer
+    traced = copy.deepcopy(openai)
+    mask = traced._buffers.pop("attn_mask")
+    traced.attn_mask = mask
+    for key, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+        traced.__dict__.pop(key, None)
+        traced.register_buffer(key, torch.tensor(value))
+    image, text = torch.rand(1, 3, 32, 32).half(), torch.zeros(1, 77, dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inputs = {"encode_image": image, "encode_text": text}
+        script = torch.jit.trace_module(traced, inputs, check_trace=False)
+        script.save(str(out / "ViT-openai.pt"))
+        jit_state = torch.jit.load(str(out / "ViT-openai.pt")).state_dict()
+    torch.save(dict(jit_state), out / "openai_extra_keys.pt")
+    torch.save(openai.state_dict(), out / "openai_state_dict.pt")
+    torch.save(copy.deepcopy(openai).float().state_dict(), out / "openai_float32.pt")
+    laion = _randomise(open_clip.create_model(small_config), 1)  # trained in float32, GELU
+    torch.save(laion.state_dict(), out / "laion.pt")
+    torch.save(copy.deepcopy(laion).half().state_dict(), out / "laion_half.pt")
+    bf16 = copy.deepcopy(laion)
+    open_clip.model.convert_weights_to_lp(bf16, dtype=torch.bfloat16)  # precision="bf16"
+    torch.save(bf16.state_dict(), out / "laion_bf16.pt")
+    return {p.stem: p for p in out.iterdir()}
+
+
+def _reference(name: str, path: Path) -> nn.Module:
+    """open_clip's own loading of a file."""
+    from open_clip.openai import load_openai_model
+
+    if path.stem in ("ViT-openai", "openai_extra_keys"):  # create_model cannot read these
+        return load_openai_model(str(path), device="cpu")
+    if path.stem.startswith("openai"):
+        return open_clip.create_model(name, pretrained=str(path), force_quick_gelu=True)
+    return open_clip.create_model(name, pretrained=str(path))
+
+
+def _assert_same_features(ref_model: nn.Module, clip: ClipBackbone, atol: float = 1e-6) -> None:
+    """Image, text and dense features of samkit's backbone equal those of open_clip's model."""
+    ref = ClipBackbone(model=ref_model, tokenizer=clip.tokenizer)
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    texts = ["a photo of a cat", "two dogs"]
+    tol = {"atol": atol, "rtol": 0.0}
+    normalised = _normalised(clip, images)
+    torch.testing.assert_close(
+        clip.encode_image(images), ref_model.encode_image(normalised, normalize=True), **tol
+    )
+    torch.testing.assert_close(
+        clip.encode_text(texts).embeddings,
+        ref_model.encode_text(clip.tokenize(texts), normalize=True),
+        **tol,
+    )
+    for mode in MODES:
+        mine = clip.encode_dense(images, mode=mode, intermediates=(0,))
+        theirs = ref.encode_dense(images, mode=mode, intermediates=(0,))
+        torch.testing.assert_close(mine.features, theirs.features, **tol)
+        torch.testing.assert_close(mine.intermediates[0], theirs.intermediates[0], **tol)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+class TestQuickGelu:
+    """`quick_gelu=None` reads the activation from the file; see docs/backbones/clip.md."""
+
+    @pytest.mark.parametrize(
+        ("stem", "quick", "warns"),
+        [
+            ("ViT-openai", True, None),  # OpenAI's TorchScript archive: its QuickGELU modules
+            ("openai_extra_keys", True, None),  # OpenAI's extra entries
+            ("openai_state_dict", True, "mixed precision OpenAI released"),  # no extra entries
+            ("openai_float32", True, "mixed precision OpenAI released"),  # upcast to float32
+            ("laion", False, None),  # open_clip-trained (float32): GELU, as the config says
+        ],
+    )
+    def test_matches_open_clip(
+        self, clip_files: dict[str, Path], stem: str, quick: bool, warns: str | None
+    ) -> None:
+        path = clip_files[stem]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clip = build_clip_backbone(SMALL, checkpoint=path)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if warns is None:
+            assert not messages
+        else:
+            assert len(messages) == 1 and warns in messages[0] and str(path) in messages[0]
+        assert _is_quick(clip) is quick
+        _assert_same_features(_reference(SMALL, path), clip)
+
+    @pytest.mark.parametrize("stem", ["ViT-openai", "openai_state_dict"])
+    def test_gelu_would_differ(self, clip_files: dict[str, Path], stem: str) -> None:
+        """The check above can see the difference: GELU on OpenAI's weights is off by > 1e-3."""
+        path = clip_files[stem]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # tested in test_explicit_choice_wins
+            gelu = build_clip_backbone(SMALL, checkpoint=path, quick_gelu=False)
+        assert not _is_quick(gelu)
+        with pytest.raises(AssertionError):
+            _assert_same_features(_reference(SMALL, path), gelu, atol=1e-3)
+
+    def test_explicit_choice_wins(self, clip_files: dict[str, Path]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            forced = build_clip_backbone(SMALL, checkpoint=clip_files["laion"], quick_gelu=True)
+            confirmed = build_clip_backbone(
+                SMALL, checkpoint=clip_files["openai_state_dict"], quick_gelu=True
+            )
+        assert _is_quick(forced) and _is_quick(confirmed)
+        with pytest.warns(UserWarning, match="quick_gelu=False gives GELU, but it carries"):
+            build_clip_backbone(SMALL, checkpoint=clip_files["openai_extra_keys"], quick_gelu=False)
+
+    @pytest.mark.parametrize(
+        ("stem", "values"), [("laion_half", "float16"), ("laion_bf16", "bfloat16")]
+    )
+    def test_low_precision_everywhere_is_ambiguous(
+        self, clip_files: dict[str, Path], stem: str, values: str
+    ) -> None:
+        with pytest.warns(UserWarning, match=f"cannot tell whether .* {values} values"):
+            clip = build_clip_backbone(SMALL, checkpoint=clip_files[stem])
+        assert not _is_quick(clip)
+
+    def test_quickgelu_config_and_off_switch(self, clip_files: dict[str, Path]) -> None:
+        quick_name = f"{SMALL}-quickgelu"  # like open_clip's `*-quickgelu` configs
+        assert _is_quick(build_clip_backbone(quick_name))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # the name is an explicit choice
+            assert _is_quick(build_clip_backbone(quick_name, checkpoint=clip_files["laion"]))
+        assert not _is_quick(build_clip_backbone(quick_name, quick_gelu=False))
+        assert _is_quick(build_clip_backbone("tiny", quick_gelu=True))
+        assert not _is_quick(build_clip_backbone("tiny"))
 
 
 class TestDense:
@@ -396,6 +591,85 @@ class TestDense:
             torch.testing.assert_close(out.cls[i : i + 1], alone.cls, **TOL)
 
 
+class TestInputContract:
+    """The image / text contract of `samkit._checks` at every public encoder."""
+
+    @staticmethod
+    def _encoders(clip: ClipBackbone) -> dict[str, Callable[[Tensor], Tensor]]:
+        return {
+            "encode_image": clip.encode_image,
+            "dense_features": lambda x: clip.dense_features(x, mode="surgery"),
+            "forward": clip,
+            "encode_dense": lambda x: clip.encode_dense(x, mode="value", intermediates=(1,)).cls,
+            "intermediates": lambda x: clip.encode_dense(x, intermediates=(1,)).intermediates[0],
+        }
+
+    def test_uint8_is_scaled(self, tiny_clip: ClipBackbone) -> None:
+        images = torch.randint(0, 256, (2, 3, 32, 40), dtype=torch.uint8)
+        for name, fn in self._encoders(tiny_clip).items():
+            out = fn(images)
+            assert out.dtype == torch.float32, name
+            torch.testing.assert_close(out, fn(images.float() / 255), rtol=0, atol=0, msg=name)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+    def test_other_float_dtypes_give_float32_result(
+        self, tiny_clip: ClipBackbone, dtype: torch.dtype
+    ) -> None:
+        images = torch.rand(2, 3, 32, 32).to(dtype)
+        for name, fn in self._encoders(tiny_clip).items():
+            out = fn(images)
+            assert out.dtype == torch.float32, name
+            torch.testing.assert_close(out, fn(images.float()), msg=name)
+
+    @pytest.mark.parametrize(
+        ("value", "match"),
+        [
+            (255.0, r"images: expected float values in \[0, 1\]"),
+            (-0.5, r"images: expected float values in \[0, 1\]"),
+            (float("nan"), "images: expected finite"),
+            (float("inf"), "images: expected finite"),
+        ],
+    )
+    def test_bad_values_raise(self, tiny_clip: ClipBackbone, value: float, match: str) -> None:
+        images = torch.rand(1, 3, 32, 32)
+        images[0, 1, 3, 4] = value
+        for fn in self._encoders(tiny_clip).values():
+            with pytest.raises(ValueError, match=match):
+                fn(images)
+        with pytest.raises(TypeError, match="images: expected uint8"):
+            tiny_clip.encode_image(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
+
+    def test_rounding_outside_unit_range_is_clamped(self, tiny_clip: ClipBackbone) -> None:
+        images = torch.rand(1, 3, 32, 32)
+        nudged = images.clone()
+        nudged[..., 0, 0], nudged[..., 0, 1] = 1.0005, -0.0005
+        images[..., 0, 0], images[..., 0, 1] = 1.0, 0.0
+        torch.testing.assert_close(tiny_clip.encode_image(nudged), tiny_clip.encode_image(images))
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_empty_batch(self, tiny_clip: ClipBackbone, mode: str) -> None:
+        images = torch.rand(0, 3, 48, 64)
+        out = tiny_clip.encode_dense(images, mode=mode, intermediates=(0, -1))
+        assert out.features.shape == (0, 32, 6, 8) and out.cls.shape == (0, 32)
+        assert [t.shape for t in out.intermediates] == [(0, 64, 6, 8)] * 2
+        assert tiny_clip.dense_features(images, mode=mode).shape == (0, 32, 6, 8)
+        assert tiny_clip.encode_image(images).shape == (0, 32)
+        assert tiny_clip.encode_image(images.to(torch.uint8)).dtype == torch.float32
+        with pytest.raises(ValueError, match="patch size 8"):
+            tiny_clip.encode_image(torch.rand(0, 3, 4, 32))
+
+    def test_text_str_is_one_text(self, tiny_clip: ClipBackbone) -> None:
+        one = tiny_clip.encode_text("a cat", templates=["a photo of {}."], return_tokens=True)
+        listed = tiny_clip.encode_text(["a cat"], templates=["a photo of {}."])
+        assert one.texts == ["a cat"] and one.embeddings.shape == (1, 32)
+        assert one.token_states is not None and one.token_states.shape[0] == 1
+        torch.testing.assert_close(one.embeddings, listed.embeddings, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="texts: expected at least one"):
+            tiny_clip.encode_text(())
+        with pytest.raises(TypeError, match="texts: expected a sequence of str"):
+            tiny_clip.encode_text(["cat", 3])  # type: ignore[list-item]
+
+
 class TestText:
     def test_matches_open_clip_encode_text(self, tiny_clip: ClipBackbone) -> None:
         texts = ["a photo of a cat.", "sky", "the red car on the left!"]
@@ -486,8 +760,10 @@ class TestText:
         torch.testing.assert_close(b, a[list(perm)], **TOL)
 
     def test_exception(self, tiny_clip: ClipBackbone) -> None:
-        with pytest.raises(ValueError, match="at least one text"):
+        with pytest.raises(ValueError, match="texts: expected at least one"):
             tiny_clip.encode_text([])
+        with pytest.raises(ValueError, match="templates: expected at least one template"):
+            tiny_clip.encode_text(["cat"], templates=[])
         with pytest.raises(ValueError, match="needs a '\\{\\}' slot"):
             tiny_clip.encode_text(["cat"], templates=["a photo"])
         with pytest.raises(ValueError, match="at most one template"):

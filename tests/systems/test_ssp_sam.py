@@ -389,7 +389,8 @@ def test_official_checkpoint_reproduces_reference(tmp_path, batch: int) -> None:
 
 def test_official_checkpoint_errors(tmp_path) -> None:
     ref, _, path = _reference_checkpoint(tmp_path)
-    state = torch.load(path, weights_only=False)["model"]
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(path, weights_only=True)["model"]
     with pytest.raises(ValueError, match=r"unknown keys .*'decoder.extra'"):
         convert_official_state_dict({**state, "decoder.extra": torch.zeros(1)})
     missing = {k: v for k, v in state.items() if not k.startswith("sam.mask_decoder.")}
