@@ -854,7 +854,6 @@ ENTRY_POINTS: list[EntryPoint] = [
         lambda: {"images": _rand(2, 3, 64, 64)},
         images="images",
         tol=3.0,
-        pending={"uint8": "clip", "out_of_range": "clip", "nan": "clip"},
     ),
     EntryPoint(
         "ClipBackbone.encode_dense",
@@ -862,14 +861,12 @@ ENTRY_POINTS: list[EntryPoint] = [
         lambda: {"images": _rand(2, 3, 64, 64)},
         images="images",
         tol=3.0,
-        pending={"uint8": "clip", "out_of_range": "clip", "nan": "clip"},
     ),
     EntryPoint(
         "ClipBackbone.encode_text",
         lambda texts: _sammi().clip.encode_text(texts),
         lambda: {"texts": ["a", "b"]},
         classes="texts",
-        pending={"zero_classes": "clip"},
     ),
     EntryPoint(
         "SAMCP.forward",
@@ -927,7 +924,6 @@ ENTRY_POINTS: list[EntryPoint] = [
         invalid=(
             Invalid("T_0", _with(num_classes=0), r"^num_classes: expected an int >= 1, got 0"),
         ),
-        pending={"invalid": "metrics"},
     ),
     EntryPoint(
         "referring_iou",
@@ -941,7 +937,72 @@ ENTRY_POINTS: list[EntryPoint] = [
                 r"^targets: expected a binary mask",
             ),
         ),
-        pending={"invalid": "metrics"},
+    ),
+    EntryPoint(
+        "ClipBackbone.dense_features",
+        lambda images: _sammi().clip.dense_features(images),
+        lambda: {"images": _rand(2, 3, 64, 64)},
+        images="images",
+        tol=3.0,
+    ),
+    EntryPoint(
+        "SemanticIoU.update",
+        lambda preds, targets: _fn("samkit.metrics.semantic:SemanticIoU")(num_classes=3).update(
+            preds, targets
+        ),
+        lambda: {
+            "preds": _labels(2, 8, 8, num_classes=3),
+            "targets": _labels(2, 8, 8, num_classes=3, seed=1),
+        },
+        invalid=(
+            Invalid("label_7", _with(targets=torch.full((2, 8, 8), 7)), r"^targets: expected"),
+            Invalid("HW", _with(targets=torch.zeros(2, 8, 9, dtype=torch.long)), r"^preds|^targ"),
+        ),
+    ),
+    EntryPoint(
+        "ReferringMetrics.update",
+        lambda preds, targets: _fn("samkit.metrics.referring:ReferringMetrics")().update(
+            preds, targets
+        ),
+        lambda: {"preds": _binary(2, 8, 8), "targets": _binary(2, 8, 8, seed=1)},
+        invalid=(
+            Invalid(
+                "soft_targets",
+                _with(targets=torch.full((2, 8, 8), 0.5)),
+                r"^targets: expected a binary mask",
+            ),
+        ),
+    ),
+    EntryPoint(
+        "MaskAP.update",
+        lambda pred_masks: _fn("samkit.metrics.instance:MaskAP")().update(
+            pred_masks,
+            torch.ones(len(pred_masks)),
+            torch.zeros(len(pred_masks), dtype=torch.long),
+            _binary(1, 8, 8, seed=1),
+            torch.zeros(1, dtype=torch.long),
+        ),
+        lambda: {"pred_masks": _binary(2, 8, 8)},
+        invalid=(
+            Invalid(
+                "soft_masks",
+                _with(pred_masks=torch.full((2, 8, 8), 0.5)),
+                r"^pred_masks: expected a binary mask",
+            ),
+        ),
+    ),
+    EntryPoint(
+        "PanopticQuality.update",
+        lambda category: _fn("samkit.metrics.panoptic:PanopticQuality")(
+            things=[0], stuff=[1]
+        ).update(
+            torch.ones(4, 4, dtype=torch.long),
+            [{"id": 1, "category_id": category}],
+            torch.ones(4, 4, dtype=torch.long),
+            [{"id": 1, "category_id": 0}],
+        ),
+        lambda: {"category": 0},
+        invalid=(Invalid("unknown_category", _with(category=5), r"category"),),
     ),
 ]
 
