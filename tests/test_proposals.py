@@ -93,10 +93,26 @@ class TestConverters:
         masks, boxes, scores, pad = pad_patches([a, b])
         assert masks.shape == (2, 2, 4, 4) and pad.tolist() == [[False, False], [True, True]]
         assert not masks[1].any() and (scores[0] == 1).all()
-        with pytest.raises(ValueError, match="share"):
+        with pytest.raises(ValueError, match="size="):
             pad_patches([a, patches_from_masks(torch.ones(1, 5, 4))])
-        with pytest.raises(ValueError, match="at least one"):
-            pad_patches([])
+        with pytest.raises(ValueError, match=r"patches\[1\]"):
+            pad_patches([a, patches_from_masks(torch.ones(1, 5, 4))], size=(4, 4))
+
+    def test_pad_patches_mixed_sizes_bottom_right(self) -> None:
+        small = torch.zeros(1, 3, 2, dtype=torch.bool)
+        small[0, 2, 1] = True
+        a = patches_from_masks(torch.ones(2, 4, 4))
+        masks, boxes, _, pad = pad_patches([a, patches_from_masks(small)], size=(4, 5))
+        assert masks.shape == (2, 2, 4, 5) and pad.tolist() == [[False, False], [False, True]]
+        assert masks[1, 0, :3, :2].equal(small[0]) and not masks[1, 0, 3:].any()
+        assert not masks[1, 0, :, 2:].any() and boxes[1, 0].tolist() == [1.0, 2.0, 2.0, 3.0]
+        assert masks[0, :, :, 4].sum() == 0 and masks[0, :, :4, :4].all()
+
+    def test_pad_patches_empty_batch(self) -> None:
+        masks, boxes, scores, pad = pad_patches([], size=(4, 5))
+        assert masks.shape == (0, 0, 4, 5) and boxes.shape == (0, 0, 4)
+        assert scores.shape == pad.shape == (0, 0)
+        assert pad_patches([])[0].shape == (0, 0, 0, 0)
 
     def test_patches_validation(self) -> None:
         with pytest.raises(ValueError, match="boxes"):

@@ -114,7 +114,7 @@ class TestSAMCPLoss:
 
     def test_exception(self) -> None:
         out, tgt = _case()
-        with pytest.raises(ValueError, match="expected 1 targets"):
+        with pytest.raises(ValueError, match="expected 1 PatchTargets"):
             sam_cp_loss(out, [tgt, tgt])
 
     def test_gradients_reach_all_logits_and_are_finite(self) -> None:

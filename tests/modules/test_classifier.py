@@ -84,7 +84,7 @@ class TestOpenVocabulary:
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=0.4), a**0.6 * b**0.4)
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=0.0), a)
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=1.0), b)
-        with pytest.raises(ValueError, match="shapes differ"):
+        with pytest.raises(ValueError, match="same shape"):
             geometric_ensemble(a, b[:1])
 
     def test_mask_pooling_picks_matching_class(self) -> None:
