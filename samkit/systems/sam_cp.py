@@ -23,6 +23,7 @@ from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, com
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
 from samkit.modules.merging import (
     PanopticFusion,
+    _check_unit,
     merge_patches,
     query_candidates,
     select_instances,
@@ -462,6 +463,9 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     Returns:
         The `SAMCP` module (random weights unless checkpoints are given in the config).
 
+    Raises:
+        ValueError: On an unknown preset or a threshold / `kappa` outside `[0, 1]`.
+
     Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False, decoder_layers=1)
         >>> model.config.decoder_layers
@@ -470,6 +474,8 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     cfg = resolve_config(
         SAMCPConfig, cfg, overrides, presets={"tiny": SAMCPConfig.tiny}, system="SAM-CP"
     )
+    _check_unit(cfg.affinity_threshold, name="affinity_threshold")
+    _check_unit(cfg.kappa, name="kappa")
     clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
     proposer = None
     if cfg.build_proposer:

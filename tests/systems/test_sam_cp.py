@@ -48,6 +48,13 @@ class TestConfig:
         with pytest.raises(ValueError, match="preset"):
             build_sam_cp("huge")
 
+    @pytest.mark.parametrize(
+        "field", ["affinity_threshold", "object_mask_threshold", "overlap_threshold", "kappa"]
+    )
+    def test_thresholds_outside_unit_interval(self, field: str) -> None:
+        with pytest.raises(ValueError, match=field):
+            build_sam_cp("tiny", build_proposer=False, **{field: 1.5})
+
 
 class TestSAMCP:
     def test_forward_shapes(self, model: SAMCP) -> None:
@@ -319,6 +326,8 @@ class TestInputContract:
         out = model(images, patches, "ring", num_things=1)
         assert out.class_logits.shape[-1] == 1 and out.num_semantic == 0
         assert len(model.predict(images, patches, "moss", num_things=0)) == 1
+        with pytest.raises(ValueError, match="class_names"):
+            model(images, patches, [], num_things=0)
 
     def test_patch_masks_at_another_size(self, model: SAMCP) -> None:
         images, patches, _ = _scene_batch(2)
