@@ -20,9 +20,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou, generalized_box_iou
 
-from samkit._checks import check_shape
+from samkit._checks import check_binary, check_shape
 from samkit.losses.segmentation import pairwise_dice_loss
-from samkit.modules.merging import merge_boxes
+from samkit.modules.merging import _check_unit, merge_boxes
 from samkit.proposals import mask_boxes
 from samkit.types import Patches, PatchTargets
 
@@ -58,6 +58,9 @@ def patch_overlaps(
         `(iop, iou)`, both `(N, G)`: `iop = min(IoP_box, IoP_mask)` (intersection over the patch)
         and `iou` the box IoU.
 
+    Raises:
+        ValueError: On inconsistent shapes or non-binary masks.
+
     Examples:
         >>> m = torch.zeros(1, 4, 4, dtype=torch.bool); m[0, :2] = True
         >>> g = torch.ones(1, 4, 4, dtype=torch.bool)
@@ -67,7 +70,11 @@ def patch_overlaps(
         (1.0, 0.5)
     """
     s = check_shape(patch_masks, "N H W", name="patch_masks")
-    check_shape(gt_masks, "G H W", name="gt_masks", known={"H": s["H"], "W": s["W"]})
+    g = check_shape(gt_masks, "G H W", name="gt_masks", known={"H": s["H"], "W": s["W"]})
+    check_shape(patch_boxes, "N 4", name="patch_boxes", known=s)
+    check_shape(gt_boxes, "G 4", name="gt_boxes", known=g)
+    patch_masks = check_binary(patch_masks, name="patch_masks")
+    gt_masks = check_binary(gt_masks, name="gt_masks")
     pm = patch_masks.flatten(1).float()
     inter = pm @ gt_masks.flatten(1).float().T
     iop_mask = inter / pm.sum(1).clamp(min=1)[:, None]
@@ -111,9 +118,9 @@ class PartAssigner:
             high_iou_part: Enable the high-IoU-part rule.
             low_quality: Enable the low-quality rule.
         """
-        self.pos_thr = pos_thr
-        self.neg_thr = neg_thr
-        self.min_pos_iou = min_pos_iou
+        self.pos_thr = _check_unit(pos_thr, name="pos_thr")
+        self.neg_thr = _check_unit(neg_thr, name="neg_thr")
+        self.min_pos_iou = _check_unit(min_pos_iou, name="min_pos_iou")
         self.high_iou_part = high_iou_part
         self.low_quality = low_quality
 
@@ -206,7 +213,9 @@ class HungarianPatchMatcher:
         self.dice_cost = dice_cost
         self.box_cost = box_cost
         self.giou_cost = giou_cost
-        self.alpha = alpha
+        self.alpha = _check_unit(alpha, name="alpha")
+        if not gamma >= 0:
+            raise ValueError(f"gamma: expected a number >= 0, got {gamma}")
         self.gamma = gamma
         self.weighted = weighted
 
@@ -322,6 +331,10 @@ def build_patch_targets(
     Returns:
         `PatchTargets`.
 
+    Raises:
+        ValueError: On inconsistent shapes or sizes, non-binary masks, class ids outside
+            `[0, num_things + num_stuff)` or thresholds outside `[0, 1]`.
+
     Examples:
         >>> m = torch.zeros(2, 8, 8, dtype=torch.bool); m[0, :, :4] = True; m[1, :, 4:] = True
         >>> p = Patches(m, torch.tensor([[0.0, 0, 4, 8], [4.0, 0, 8, 8]]), torch.ones(2))
@@ -331,9 +344,26 @@ def build_patch_targets(
     """
     s = check_shape(segment_masks, "G H W", name="segment_masks")
     check_shape(segment_labels, "G", name="segment_labels", known=s)
-    assigner = assigner or PartAssigner()
+    masks = check_binary(segment_masks, name="segment_masks")
     h, w = patches.image_size
-    masks = segment_masks.bool()
+    if (s["H"], s["W"]) != (h, w):
+        raise ValueError(
+            f"segment_masks: expected the patches' image size ({h}, {w}), got ({s['H']}, {s['W']})"
+        )
+    if num_things < 0 or num_stuff < 0:
+        raise ValueError(
+            f"num_things, num_stuff: expected ints >= 0, got {num_things} and {num_stuff}"
+        )
+    if s["G"] > 0:
+        first, last = int(segment_labels.min()), int(segment_labels.max())
+        if first < 0 or last >= num_things + num_stuff:
+            raise ValueError(
+                f"segment_labels: expected class ids in [0, {num_things + num_stuff}) "
+                f"(num_things + num_stuff), got values in [{first}, {last}]"
+            )
+    stuff_thr = _check_unit(stuff_thr, name="stuff_thr")
+    valid_iou = _check_unit(valid_iou, name="valid_iou")
+    assigner = assigner or PartAssigner()
     things = segment_labels < num_things
     t_masks, t_labels = masks[things], segment_labels[things].long()
     t_boxes = mask_boxes(t_masks)

@@ -19,6 +19,7 @@ Axis legend:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,8 +30,16 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from samkit._checks import check_shape
+from samkit._checks import (
+    as_float,
+    as_image,
+    check_binary,
+    check_positive,
+    check_shape,
+)
 from samkit.backbones.sam import SamLike
+from samkit.modules.merging import _check_unit
+from samkit.modules.patch_encoder import _group_by_size, _resolve_image_sizes
 from samkit.types import Patches
 
 __all__ = [
@@ -116,15 +125,28 @@ def mask_boxes(masks: Tensor) -> Tensor:
 def patches_from_masks(masks: Tensor, scores: Tensor | None = None) -> Patches:
     """Wrap binary masks `(N, H, W)` as `Patches` (boxes from the masks, scores default 1).
 
+    Args:
+        masks: Binary masks `(N, H, W)`: bool, or numbers that are all 0 or 1.
+        scores: Optional patch scores `(N,)` (any finite float; SAM's predicted IoU).
+
+    Returns:
+        `Patches` with boxes from `mask_boxes`.
+
+    Raises:
+        ValueError: If `masks` holds a value other than 0 and 1, or `scores` is not `(N,)`.
+
     Examples:
         >>> patches_from_masks(torch.ones(2, 4, 4, dtype=torch.bool)).boxes[0]
         tensor([0., 0., 4., 4.])
     """
-    check_shape(masks, "N H W", name="masks")
-    masks = masks.bool()
+    s = check_shape(masks, "N H W", name="masks")
+    masks = check_binary(masks, name="masks")
     if scores is None:
-        scores = torch.ones(masks.shape[0], device=masks.device)
-    return Patches(masks=masks, boxes=mask_boxes(masks), scores=scores.float())
+        scores = torch.ones(s["N"], device=masks.device)
+    else:
+        check_shape(scores, "N", name="scores", known=s)
+        scores = as_float(scores, name="scores")
+    return Patches(masks=masks, boxes=mask_boxes(masks), scores=scores)
 
 
 def _decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
@@ -223,40 +245,62 @@ def load_patches(path: str | os.PathLike[str]) -> Patches:
     return Patches(masks=d["masks"].bool(), boxes=d["boxes"], scores=d["scores"])
 
 
-def pad_patches(patches: Sequence[Patches]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def pad_patches(
+    patches: Sequence[Patches], size: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pad per-image patches to a batch.
 
+    Patch slots are padded at the end of each image's patches; masks of images smaller than the
+    canvas are padded bottom / right with `False` (the images' own frame stays at the top left,
+    so boxes need no shift).
+
     Args:
-        patches: `B` `Patches` of equally sized images.
+        patches: `B` `Patches`.
+        size: The canvas `(H, W)`. Default: the images' common size (they must then agree).
 
     Returns:
         `(masks (B, N, H, W) bool, boxes (B, N, 4), scores (B, N), padding_mask (B, N))` with
-        `N` the largest patch count and `padding_mask` True at padded slots.
+        `N` the largest patch count and `padding_mask` True at padded slots. With no patches
+        (`B = 0`) the shapes are `(0, 0, H, W)`, `(0, 0, 4)`, `(0, 0)`, `(0, 0)`, `(H, W) = size`
+        or `(0, 0)`.
 
     Raises:
-        ValueError: If `patches` is empty or the image sizes differ.
+        ValueError: If the image sizes differ and no `size` is given, or an image is larger than
+            `size`.
 
     Examples:
         >>> a = patches_from_masks(torch.ones(2, 4, 4)); b = patches_from_masks(torch.ones(0, 4, 4))
         >>> pad_patches([a, b])[3]
         tensor([[False, False],
                 [ True,  True]])
+        >>> pad_patches([a, patches_from_masks(torch.ones(1, 3, 2))], size=(4, 4))[0].shape
+        torch.Size([2, 2, 4, 4])
     """
-    if not patches:
-        raise ValueError("pad_patches: expected at least one Patches")
-    sizes = {p.image_size for p in patches}
-    if len(sizes) > 1:
-        raise ValueError(f"pad_patches: all images must share (H, W), got {sorted(sizes)}")
-    (h, w), b = sizes.pop(), len(patches)
-    n = max(p.num_patches for p in patches)
-    dev = patches[0].masks.device
+    sizes = [p.image_size for p in patches]
+    if size is None:
+        if len(set(sizes)) > 1:
+            raise ValueError(
+                f"patches: images of different sizes {sorted(set(sizes))} need a canvas; "
+                "pass size=(H, W) to pad them bottom/right"
+            )
+        size = sizes[0] if sizes else (0, 0)
+    h, w = int(size[0]), int(size[1])
+    for i, (hi, wi) in enumerate(sizes):
+        if hi > h or wi > w:
+            raise ValueError(
+                f"patches[{i}]: expected masks no larger than size=({h}, {w}), got ({hi}, {wi})"
+            )
+    b = len(patches)
+    n = max((p.num_patches for p in patches), default=0)
+    dev = patches[0].masks.device if patches else torch.device("cpu")
     masks = torch.zeros(b, n, h, w, dtype=torch.bool, device=dev)
     boxes = torch.zeros(b, n, 4, device=dev)
     scores = torch.zeros(b, n, device=dev)
     pad = torch.ones(b, n, dtype=torch.bool, device=dev)
     for i, p in enumerate(patches):
-        k = p.num_patches
-        masks[i, :k], boxes[i, :k], scores[i, :k] = p.masks.bool(), p.boxes.float(), p.scores
+        k, (hi, wi) = p.num_patches, p.image_size
+        masks[i, :k, :hi, :wi] = p.masks.bool()
+        boxes[i, :k], scores[i, :k] = p.boxes.float(), p.scores.float()
         pad[i, :k] = False
     return masks, boxes, scores, pad
 
@@ -299,25 +343,60 @@ class SamPatchProposer(nn.Module):
                 `postprocess_masks`, `mask_threshold`).
             points_per_side: Grid size (48 in SAM-CP, 32 in SAM).
             points_per_batch: Point prompts decoded at once per image.
-            pred_iou_thresh: Minimum predicted IoU (0.8; SAM 0.88).
-            stability_score_thresh: Minimum stability score (0.9; SAM 0.95).
+            pred_iou_thresh: Minimum predicted IoU (0.8; SAM 0.88). Any finite number: SAM's IoU
+                head is a regression output that can leave `[0, 1]` (-1 keeps every mask).
+            stability_score_thresh: Minimum stability score (0.9; SAM 0.95), in `[0, 1]`.
             stability_score_offset: Logit offset of the stability score.
-            box_nms_thresh: Box IoU above which the lower-scored duplicate is dropped.
+            box_nms_thresh: Box IoU above which the lower-scored duplicate is dropped, in
+                `[0, 1]`.
             min_area: Drop masks with fewer pixels.
+
+        Raises:
+            ValueError: On a threshold outside its range or a grid / batch size below 1.
         """
         super().__init__()
         self.sam = sam  # registered as a submodule when it is an nn.Module
-        self.points_per_side = points_per_side
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
+        self.points_per_side = check_positive(points_per_side, name="points_per_side")
+        self.points_per_batch = check_positive(points_per_batch, name="points_per_batch")
+        if not math.isfinite(pred_iou_thresh):
+            raise ValueError(f"pred_iou_thresh: expected a finite number, got {pred_iou_thresh}")
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = _check_unit(
+            stability_score_thresh, name="stability_score_thresh"
+        )
         self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
+        self.box_nms_thresh = _check_unit(box_nms_thresh, name="box_nms_thresh")
         self.min_area = min_area
 
     @torch.no_grad()
-    def forward(self, images: Tensor) -> list[Patches]:
-        """Propose patches for `(B, 3, H, W)` images in `[0, 1]`; returns `B` `Patches`."""
+    def forward(
+        self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[Patches]:
+        """Propose patches for each image.
+
+        Args:
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
+            image_sizes: The true `(h, w)` of each image when smaller images are padded
+                bottom/right to `(H, W)`; default all `(H, W)`. Each image is proposed on at its
+                own size (images of equal size in one SAM batch).
+
+        Returns:
+            `B` `Patches`, masks at each image's own size (`[]` for `B = 0`).
+
+        Raises:
+            ValueError: On a bad shape, out-of-range pixels or bad `image_sizes`.
+        """
+        images = as_image(images, name="images")
+        sizes = _resolve_image_sizes(images, image_sizes)
+        out: list[Patches | None] = [None] * len(sizes)
+        for (h, w), idx in _group_by_size(sizes).items():
+            crop = images[idx, :, :h, :w]
+            for i, p in zip(idx, self._propose(crop), strict=True):
+                out[i] = p
+        return [p for p in out if p is not None]
+
+    def _propose(self, images: Tensor) -> list[Patches]:
+        """Propose patches for equally sized images `(B, 3, H, W)` in `[0, 1]`."""
         s = check_shape(images, "B 3 H W", name="images")
         emb = self.sam.encode(images)
         size = (s["H"], s["W"])

@@ -482,17 +482,30 @@ class AffinityDecoderOutput(_TensorFieldsMixin):
 class SAMCPOutput(_TensorFieldsMixin):
     """Training-time outputs of SAM-CP for `B` images with up to `N` patches each.
 
-    Queries are ordered `[S semantic queries, N instance queries]`, `K = S + N`.
+    Queries are ordered `[S semantic queries, N instance queries]`, `K = S + N`; instance query
+    `S + j` belongs to patch slot `j`. Slots past an image's own patch count are padding: their
+    entries of `affinities` (padded query rows and patch columns) and `class_logits` (padded
+    query rows) are 0 and carry no information; mask them with `padding_mask` /
+    `query_padding_mask`.
 
     Attributes:
         affinities: Affinity logits query -> patch for every decoder layer `(L, B, K, N)`.
         class_logits: Class logits for every decoder layer `(L, B, K, T)` over all `T` classes
             (things first, then stuff).
-        patch_boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
+        patch_boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels of each image.
         padding_mask: `(B, N)` bool, True at padded patch slots.
         num_semantic: Number of semantic (stuff) queries `S`.
         num_things: Number of thing classes among the `T`.
-        image_size: `(H, W)` of the input images.
+        image_size: `(H, W)` of the (padded) input batch.
+        image_sizes: True `(h, w)` of each image; `None` means all `image_size`.
+
+    Examples:
+        >>> out = SAMCPOutput(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 4),
+        ...                   torch.zeros(1, 2, 4), torch.tensor([[False, True]]), 1, 3, (8, 8))
+        >>> out.query_padding_mask
+        tensor([[False, False,  True]])
+        >>> out.sizes
+        [(8, 8)]
     """
 
     affinities: Tensor
@@ -502,6 +515,20 @@ class SAMCPOutput(_TensorFieldsMixin):
     num_semantic: int
     num_things: int
     image_size: tuple[int, int]
+    image_sizes: list[tuple[int, int]] | None = None
+
+    @property
+    def query_padding_mask(self) -> Tensor:
+        """`(B, K)` bool, True at padded queries (semantic queries are never padded)."""
+        pad = self.padding_mask
+        return torch.cat([pad.new_zeros(pad.shape[0], self.num_semantic), pad], 1)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """True `(h, w)` of each image (`image_sizes`, or `image_size` for every image)."""
+        if self.image_sizes is not None:
+            return list(self.image_sizes)
+        return [self.image_size] * int(self.padding_mask.shape[0])
 
 
 @dataclass

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from samkit.matching import HungarianPatchMatcher, PartAssigner, build_patch_targets, patch_overlaps
 from samkit.proposals import patches_from_masks
+from samkit.types import Patches
 
 
 def _brute_force_assign(
@@ -175,3 +176,49 @@ class TestBuildTargets:
         )
         assert t.thing_valid.tolist() == [False]
         assert t.semantic_parts.shape == (0, 1)
+
+
+class TestInputContract:
+    def test_masks_must_be_binary(self) -> None:
+        soft = torch.full((1, 4, 4), 0.5)
+        hard = torch.ones(1, 4, 4, dtype=torch.bool)
+        box = torch.tensor([[0.0, 0, 4, 4]])
+        with pytest.raises(ValueError, match="patch_masks"):
+            patch_overlaps(soft, box, hard, box)
+        with pytest.raises(ValueError, match="gt_masks"):
+            patch_overlaps(hard, box, soft, box)
+        p = Patches(hard, box, torch.ones(1))
+        with pytest.raises(ValueError, match="segment_masks"):
+            build_patch_targets(p, soft, torch.tensor([0]), num_things=1, num_stuff=0)
+
+    def test_sizes_labels_and_thresholds(self) -> None:
+        p = Patches(
+            torch.ones(1, 4, 4, dtype=torch.bool), torch.tensor([[0.0, 0, 4, 4]]), torch.ones(1)
+        )
+        seg = torch.ones(1, 4, 4, dtype=torch.bool)
+        with pytest.raises(ValueError, match="segment_masks"):
+            build_patch_targets(p, torch.ones(1, 4, 5, dtype=torch.bool), torch.tensor([0]),
+                                num_things=1, num_stuff=0)  # fmt: skip
+        with pytest.raises(ValueError, match="segment_labels"):
+            build_patch_targets(p, seg, torch.tensor([2]), num_things=1, num_stuff=1)
+        with pytest.raises(ValueError, match="stuff_thr"):
+            build_patch_targets(p, seg, torch.tensor([0]), num_things=1, num_stuff=0, stuff_thr=2.0)
+        with pytest.raises(ValueError, match="pos_thr"):
+            PartAssigner(pos_thr=1.2)
+        with pytest.raises(ValueError, match="alpha"):
+            HungarianPatchMatcher(alpha=-0.5)
+
+    def test_stuff_only_and_things_only_targets(self) -> None:
+        m = torch.zeros(2, 8, 8, dtype=torch.bool)
+        m[0, :, :4], m[1, :, 4:] = True, True
+        p = Patches(m, torch.tensor([[0.0, 0, 4, 8], [4.0, 0, 8, 8]]), torch.ones(2))
+        stuff = build_patch_targets(p, m, torch.tensor([0, 1]), num_things=0, num_stuff=2)
+        assert stuff.thing_parts.shape == (2, 0) and stuff.semantic_parts.tolist() == [
+            [1.0, 0.0],
+            [0.0, 1.0],
+        ]
+        things = build_patch_targets(p, m, torch.tensor([0, 1]), num_things=2, num_stuff=0)
+        assert things.thing_parts.tolist() == [[1, 0], [0, 1]] and things.semantic_parts.shape == (
+            0,
+            2,
+        )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,10 +95,26 @@ class TestConverters:
         masks, boxes, scores, pad = pad_patches([a, b])
         assert masks.shape == (2, 2, 4, 4) and pad.tolist() == [[False, False], [True, True]]
         assert not masks[1].any() and (scores[0] == 1).all()
-        with pytest.raises(ValueError, match="share"):
+        with pytest.raises(ValueError, match="size="):
             pad_patches([a, patches_from_masks(torch.ones(1, 5, 4))])
-        with pytest.raises(ValueError, match="at least one"):
-            pad_patches([])
+        with pytest.raises(ValueError, match=r"patches\[1\]"):
+            pad_patches([a, patches_from_masks(torch.ones(1, 5, 4))], size=(4, 4))
+
+    def test_pad_patches_mixed_sizes_bottom_right(self) -> None:
+        small = torch.zeros(1, 3, 2, dtype=torch.bool)
+        small[0, 2, 1] = True
+        a = patches_from_masks(torch.ones(2, 4, 4))
+        masks, boxes, _, pad = pad_patches([a, patches_from_masks(small)], size=(4, 5))
+        assert masks.shape == (2, 2, 4, 5) and pad.tolist() == [[False, False], [False, True]]
+        assert masks[1, 0, :3, :2].equal(small[0]) and not masks[1, 0, 3:].any()
+        assert not masks[1, 0, :, 2:].any() and boxes[1, 0].tolist() == [1.0, 2.0, 2.0, 3.0]
+        assert masks[0, :, :, 4].sum() == 0 and masks[0, :, :4, :4].all()
+
+    def test_pad_patches_empty_batch(self) -> None:
+        masks, boxes, scores, pad = pad_patches([], size=(4, 5))
+        assert masks.shape == (0, 0, 4, 5) and boxes.shape == (0, 0, 4)
+        assert scores.shape == pad.shape == (0, 0)
+        assert pad_patches([])[0].shape == (0, 0, 0, 0)
 
     def test_patches_validation(self) -> None:
         with pytest.raises(ValueError, match="boxes"):
@@ -148,3 +166,47 @@ class TestSamPatchProposer:
         order = nms(mask_boxes(masks), scores, 0.7)
         torch.testing.assert_close(got.masks, masks[order])
         torch.testing.assert_close(got.scores, scores[order].detach())
+
+
+class TestInputContract:
+    def test_patches_from_masks_rejects_non_binary(self) -> None:
+        with pytest.raises(ValueError, match="masks"):
+            patches_from_masks(torch.full((1, 4, 4), 0.5))
+        p = patches_from_masks(torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8))
+        assert p.masks.dtype == torch.bool and p.boxes.tolist() == [[0.0, 0.0, 2.0, 2.0]]
+        with pytest.raises(ValueError, match="scores"):
+            patches_from_masks(torch.ones(2, 4, 4), torch.ones(3))
+
+    @pytest.mark.parametrize(
+        ("arg", "value"),
+        [("stability_score_thresh", 1.5), ("box_nms_thresh", -0.1), ("pred_iou_thresh", math.nan),
+         ("points_per_side", 0), ("points_per_batch", 0)],
+    )  # fmt: skip
+    def test_proposer_arguments(self, tiny_sam, arg: str, value: float) -> None:  # type: ignore[no-untyped-def]
+        with pytest.raises(ValueError, match=arg):
+            SamPatchProposer(sam=tiny_sam, **{arg: value})
+
+    def test_proposer_empty_batch_uint8_and_range(self, tiny_sam) -> None:  # type: ignore[no-untyped-def]
+        prop = SamPatchProposer(sam=tiny_sam, points_per_side=2, pred_iou_thresh=-1.0,
+                                stability_score_thresh=0.0)  # fmt: skip
+        assert prop(torch.zeros(0, 3, 32, 32)) == []
+        images = torch.rand(1, 3, 32, 32)
+        u8 = (images * 255).round().to(torch.uint8)
+        a, b = prop(u8)[0], prop(u8.float() / 255)[0]
+        assert torch.equal(a.masks, b.masks)
+        with pytest.raises(ValueError, match="images"):
+            prop(images * 255)
+
+    def test_proposer_mixed_sizes_equal_each_image_alone(self, tiny_sam) -> None:  # type: ignore[no-untyped-def]
+        prop = SamPatchProposer(sam=tiny_sam, points_per_side=3, pred_iou_thresh=-1.0,
+                                stability_score_thresh=0.0)  # fmt: skip
+        sizes = [(40, 48), (48, 48), (30, 20)]
+        canvas = torch.zeros(3, 3, 48, 48)
+        for i, (h, w) in enumerate(sizes):
+            canvas[i, :, :h, :w] = torch.rand(3, h, w)
+        batch = prop(canvas, sizes)
+        for i, (h, w) in enumerate(sizes):
+            alone = prop(canvas[i : i + 1, :, :h, :w])[0]
+            assert batch[i].image_size == (h, w)
+            assert torch.equal(batch[i].masks, alone.masks)
+            torch.testing.assert_close(batch[i].scores, alone.scores)

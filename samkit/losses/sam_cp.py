@@ -20,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from samkit._checks import check_shape
 from samkit.losses.segmentation import dice_loss, sigmoid_focal_loss
 from samkit.matching import HungarianPatchMatcher
+from samkit.modules.merging import _check_unit
 from samkit.types import PatchTargets, SAMCPOutput
 
 __all__ = ["SAMCPLoss", "sam_cp_loss"]
@@ -42,6 +44,10 @@ def sam_cp_loss(
 ) -> dict[str, Tensor]:
     """SAM-CP loss summed over decoder layers.
 
+    Only each image's real queries and patches enter the matching and the losses (padded slots,
+    `output.padding_mask`, are dropped), so an image's terms do not depend on the other images
+    of the batch; merged boxes are normalised by each image's own size (`output.sizes`).
+
     Args:
         output: Model outputs (`affinities (L, B, K, N)`, `class_logits (L, B, K, T)`).
         targets: One `PatchTargets` per image, built on the same (unpadded) patches.
@@ -57,11 +63,24 @@ def sam_cp_loss(
         `cls`, `affinity`, `dice`, `sem_cls`, `sem_affinity`, `sem_dice`.
 
     Raises:
-        ValueError: If the number of targets differs from the batch size.
+        ValueError: If the number of targets differs from the batch size, a target does not
+            match its image's patch count or stuff classes, or `alpha` is outside `[0, 1]`.
     """
     num_layers, b = output.affinities.shape[:2]
     if len(targets) != b:
-        raise ValueError(f"sam_cp_loss: expected {b} targets, got {len(targets)}")
+        raise ValueError(f"targets: expected {b} PatchTargets (one per image), got {len(targets)}")
+    _check_unit(alpha, name="alpha")
+    if not gamma >= 0:
+        raise ValueError(f"gamma: expected a number >= 0, got {gamma}")
+    for i, tgt in enumerate(targets):
+        n = int((~output.padding_mask[i]).sum())
+        check_shape(tgt.thing_parts, "N G", name=f"targets[{i}].thing_parts", known={"N": n})
+        check_shape(
+            tgt.semantic_parts,
+            "S N",
+            name=f"targets[{i}].semantic_parts",
+            known={"S": output.num_semantic, "N": n},
+        )
     matcher = matcher or HungarianPatchMatcher()
     zero = output.affinities.sum() * 0.0
     terms = {key: zero for key in _KEYS}
@@ -92,14 +111,14 @@ def _layer_terms(
     zero = output.affinities.sum() * 0.0
     sums = {key: zero for key in _KEYS}
     num_pos, num_matched, num_sem_pos = 0, 0, 0
+    sizes = output.sizes
+    query_valid = ~output.query_padding_mask
     for i, tgt in enumerate(targets):
-        n = int((~output.padding_mask[i]).sum())
-        aff = output.affinities[layer, i, :, :n]  # k n
-        logits = output.class_logits[layer, i]
-        inst_aff, inst_cls = aff[s : s + n], logits[s : s + n, :c]
-        boxes = matcher.merged_boxes(
-            inst_aff.detach(), output.patch_boxes[i, :n], output.image_size
-        )
+        valid = ~output.padding_mask[i]
+        aff = output.affinities[layer, i][query_valid[i]][:, valid]  # real queries x patches
+        logits = output.class_logits[layer, i][query_valid[i]]
+        inst_aff, inst_cls = aff[s:], logits[s:, :c]
+        boxes = matcher.merged_boxes(inst_aff.detach(), output.patch_boxes[i][valid], sizes[i])
         q_idx, g_idx = matcher(
             inst_cls.detach(),
             inst_aff.detach(),

@@ -19,7 +19,7 @@ Axis legend:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from einops import rearrange, repeat
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from samkit._checks import check_shape
 from samkit.modules.merging import merge_boxes, normalize_affinity
-from samkit.modules.patch_encoder import ResidualFFN, _mlp, box_sine_embedding
+from samkit.modules.patch_encoder import ResidualFFN, _mlp, _size_scale, box_sine_embedding
 from samkit.types import AffinityDecoderOutput
 
 __all__ = [
@@ -153,8 +153,10 @@ class AffinityDecoderLayer(nn.Module):
     """One SAM-CP decoder layer: self-attention, affinity, cross-attention to patches, FFN.
 
     `q <- LN1(q + SA)`, `A = AffinityHead(q + p_q, P + p_P)`, `q <- LN0(q + CA(q, P))`,
-    `q <- LN2(FFN(q))` (spec section 3.2). Rows of an attention mask that block every key are
-    unblocked so padded queries never produce NaNs.
+    `q <- LN2(FFN(q))` (spec section 3.2). A query whose cross-attention blocks every patch (an
+    image without patches in a batch with patches) gets no cross-attention update, exactly as it
+    would alone; other fully blocked rows (padded queries only) are unblocked so they never
+    produce NaNs.
 
     Examples:
         >>> layer = AffinityDecoderLayer(dim=16, num_heads=4, ffn_dim=32)
@@ -232,9 +234,10 @@ class AffinityDecoderLayer(nn.Module):
                 ca_mask = ca_mask | cross_attn_mask
             if patch_padding_mask is not None:
                 ca_mask = ca_mask | patch_padding_mask[:, None, :]
+            no_key = ca_mask.all(-1, keepdim=True)  # b k 1
             ca_mask = repeat(_unblock_full_rows(ca_mask), "b k n -> (b g) k n", g=self.num_heads)
             attended = self.cross_attn(qp, pp, patches, attn_mask=ca_mask, need_weights=False)[0]
-            query = query + attended
+            query = query + attended.masked_fill(no_key, 0.0)
         query = self.norm_cross(query)
         return self.norm_ffn(self.ffn(query)), affinity
 
@@ -276,7 +279,11 @@ class AffinityDecoder(nn.Module):
     cross-attends only to patches whose normalised previous affinity is >= 0.5; with AR the
     affinity of layer `l` is the sum of the per-layer affinities up to `l`; with QE (needs a
     `query_enhancer`) the query is averaged with the RoI embedding of its merged box. Follows
-    SAM-CP, spec section 3.4.
+    SAM-CP, spec section 3.4. Boxes are normalised by each image's own size, and a query that
+    selects no patch gets the whole image `(0, 0, 1, 1)`; padded patches are never selected and
+    padded queries are never attended to, so a valid query's outputs do not depend on the other
+    images of the batch. Deviation: the reference normalises by the padded canvas (valid ratios)
+    and includes padded patches' zero boxes in merged boxes; both are identical for one image.
 
     Examples:
         >>> dec = AffinityDecoder(dim=16, num_heads=4, ffn_dim=32, num_layers=2)
@@ -412,6 +419,7 @@ def compose_queries(
     patch_tokens: Tensor,
     patch_boxes: Tensor,
     image_size: tuple[int, int],
+    image_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Stack `[S semantic, N instance]` queries and their reference boxes for the decoder.
 
@@ -424,6 +432,9 @@ def compose_queries(
         patch_tokens: Encoded patch tokens `(B, N, D)`.
         patch_boxes: Patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
         image_size: `(H, W)` of the images.
+        image_sizes: True `(h, w)` of each image when images of different sizes are padded to
+            `image_size`; boxes are normalised by each image's own size. Default all
+            `image_size`.
 
     Returns:
         `(queries (B, S + N, D), reference boxes (B, S + N, 4), normalised patch boxes
@@ -438,8 +449,7 @@ def compose_queries(
     s = check_shape(patch_tokens, "B N D", name="patch_tokens")
     check_shape(semantic, "S D", name="semantic", known={"D": s["D"]})
     check_shape(patch_boxes, "B N 4", name="patch_boxes", known=s)
-    h, w = image_size
-    norm = patch_boxes / patch_boxes.new_tensor([w, h, w, h])
+    norm = patch_boxes / _size_scale(patch_boxes, image_size, image_sizes)
     queries = torch.cat([repeat(semantic, "s d -> b s d", b=s["B"]), patch_tokens], 1)
     refs = torch.cat([repeat(semantic_boxes, "s c -> b s c", b=s["B"]), _xyxy_to_cxcywh(norm)], 1)
     return queries, refs, norm

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import check_probabilities, check_shape
+from samkit.modules.merging import _check_unit
 
 __all__ = [
     "MaskPooledClipClassifier",
@@ -98,14 +99,21 @@ def geometric_ensemble(learned: Tensor, clip: Tensor, *, kappa: float = 0.4) -> 
     Returns:
         Mixed probabilities, same shape.
 
+    Raises:
+        ValueError: If the shapes differ, a probability or `kappa` is outside `[0, 1]`.
+
     Examples:
         >>> geometric_ensemble(torch.tensor([0.25]), torch.tensor([1.0]), kappa=0.5)
         tensor([0.5000])
     """
     if learned.shape != clip.shape:
         raise ValueError(
-            f"geometric_ensemble: shapes differ, got {tuple(learned.shape)} and {tuple(clip.shape)}"
+            f"learned, clip: expected the same shape, got {tuple(learned.shape)} and "
+            f"{tuple(clip.shape)}"
         )
+    check_probabilities(learned, name="learned")
+    check_probabilities(clip, name="clip")
+    kappa = _check_unit(kappa, name="kappa")
     eps = torch.finfo(learned.dtype).tiny
     return learned.clamp_min(eps).pow(1 - kappa) * clip.clamp_min(eps).pow(kappa)
 
@@ -175,7 +183,7 @@ class OpenVocabularyEnsemble(nn.Module):
             temperature: Softmax temperature of the CLIP classifier.
         """
         super().__init__()
-        self.kappa = kappa
+        self.kappa = _check_unit(kappa, name="kappa")
         self.clip = MaskPooledClipClassifier(temperature=temperature)
 
     def forward(

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import check_binary, check_positive, check_probabilities, check_shape
 from samkit.types import PanopticResult
 
 __all__ = [
@@ -28,6 +28,24 @@ __all__ = [
     "query_candidates",
     "select_instances",
 ]
+
+
+def _check_unit(value: float, *, name: str) -> float:
+    """Check that a threshold or weight is a real number in `[0, 1]`; returns it as a `float`.
+
+    Raises:
+        TypeError: If `value` is not a real number.
+        ValueError: If `value` is NaN or outside `[0, 1]`.
+
+    Examples:
+        >>> _check_unit(0.5, name="threshold")
+        0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:  # False for NaN too
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return float(value)
 
 
 def normalize_affinity(affinity: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -86,7 +104,8 @@ def merge_patches(
         Merged masks `(B, K, H, W)` (bool).
 
     Raises:
-        ValueError: If the shapes disagree.
+        ValueError: If the shapes disagree, `patch_masks` is not binary or `threshold` is outside
+            `[0, 1]`.
 
     Examples:
         >>> masks = torch.zeros(1, 2, 4, 4, dtype=torch.bool); masks[0, 0, :2] = True
@@ -96,6 +115,8 @@ def merge_patches(
     """
     s = check_shape(affinity, "B K N", name="affinity")
     check_shape(patch_masks, "B N H W", name="patch_masks", known={"B": s["B"], "N": s["N"]})
+    patch_masks = check_binary(patch_masks, name="patch_masks")
+    threshold = _check_unit(threshold, name="threshold")
     selected = (normalize_affinity(affinity, padding_mask) > threshold).to(torch.float32)
     flat = rearrange(patch_masks, "b n h w -> b n (h w)").to(torch.float32)
     merged = torch.bmm(selected, flat) > 0
@@ -130,6 +151,7 @@ def merge_boxes(
     """
     s = check_shape(affinity, "B K N", name="affinity")
     check_shape(patch_boxes, "B N 4", name="patch_boxes", known={"B": s["B"], "N": s["N"]})
+    threshold = _check_unit(threshold, name="threshold")
     fill = torch.tensor(canvas, dtype=patch_boxes.dtype, device=patch_boxes.device)
     if s["N"] == 0:
         return fill.expand(s["B"], s["K"], 4).clone()
@@ -155,7 +177,8 @@ def query_candidates(
 
     Semantic query `s` is stuff class `num_things + s` with score `p[s, num_things + s]`; an
     instance query takes its best thing class. A query is valid when its largest affinity
-    probability exceeds `affinity_threshold`.
+    probability exceeds `affinity_threshold`. With no thing classes (`num_things = 0`) instance
+    queries get score 0, label 0 and are never valid.
 
     Args:
         class_probs: Class probabilities `(K, T)`, queries ordered `[S semantic, instances]`.
@@ -167,6 +190,10 @@ def query_candidates(
     Returns:
         `(scores (K,), labels (K,), valid (K,))`.
 
+    Raises:
+        ValueError: On inconsistent shapes, `class_probs` outside `[0, 1]`, or `num_semantic` /
+            `num_things` that do not fit `K` / `T`.
+
     Examples:
         >>> probs = torch.tensor([[0.1, 0.2, 0.9], [0.7, 0.3, 0.5]])
         >>> s, l, v = query_candidates(probs, torch.tensor([[2.0], [-2.0]]), num_semantic=1,
@@ -176,15 +203,30 @@ def query_candidates(
     """
     s = check_shape(class_probs, "K T", name="class_probs")
     check_shape(affinity, "K N", name="affinity", known={"K": s["K"]})
+    check_probabilities(class_probs, name="class_probs")
+    affinity_threshold = _check_unit(affinity_threshold, name="affinity_threshold")
+    if not 0 <= num_semantic <= s["K"]:
+        raise ValueError(f"num_semantic: expected 0..{s['K']} (K), got {num_semantic}")
+    if not 0 <= num_things or num_things + num_semantic > s["T"]:
+        raise ValueError(
+            f"num_things: expected 0..{s['T'] - num_semantic} (T - num_semantic), got {num_things}"
+        )
     idx = torch.arange(num_semantic, device=class_probs.device)
     sem_scores = class_probs[idx, num_things + idx]
-    inst_scores, inst_labels = class_probs[num_semantic:, :num_things].max(-1)
+    inst = class_probs[num_semantic:, :num_things]
+    if num_things > 0:
+        inst_scores, inst_labels = inst.max(-1)
+    else:
+        inst_scores = class_probs.new_zeros(inst.shape[0])
+        inst_labels = torch.zeros(inst.shape[0], dtype=torch.long, device=class_probs.device)
     scores = torch.cat([sem_scores, inst_scores])
     labels = torch.cat([num_things + idx, inst_labels])
     if affinity.shape[1] == 0:
         valid = torch.zeros_like(scores, dtype=torch.bool)
     else:
         valid = affinity.sigmoid().amax(-1) > affinity_threshold
+    if num_things == 0:
+        valid[num_semantic:] = False
     return scores, labels, valid
 
 
@@ -194,12 +236,18 @@ def select_instances(
     """Top-scoring (query, class) pairs as instance results (SAM-CP's instance branch).
 
     Args:
-        class_probs: Thing-class probabilities of the instance queries `(K, T)`.
+        class_probs: Thing-class probabilities of the instance queries `(K, T)` (only real
+            queries: padded ones would compete for the top `max_per_image`). `T = 0` (no thing
+            classes) gives no instance.
         masks: Merged query masks `(K, H, W)` (bool).
         max_per_image: How many (query, class) pairs to keep.
 
     Returns:
         `(masks (M, H, W), scores (M,), labels (M,))`, sorted by decreasing score.
+
+    Raises:
+        ValueError: On inconsistent shapes, probabilities outside `[0, 1]` or
+            `max_per_image < 1`.
 
     Examples:
         >>> masks = torch.ones(1, 2, 2, dtype=torch.bool)
@@ -207,11 +255,15 @@ def select_instances(
         >>> s, l
         (tensor([0.9000]), tensor([0]))
     """
-    k, t = class_probs.shape
+    s = check_shape(class_probs, "K T", name="class_probs")
+    check_shape(masks, "K H W", name="masks", known={"K": s["K"]})
+    check_probabilities(class_probs, name="class_probs")
+    check_positive(max_per_image, name="max_per_image")
+    k, t = s["K"], s["T"]
     top = min(max_per_image, k * t)
     scores, idx = class_probs.flatten().topk(top)
-    query = idx // t
-    return masks[query], scores, idx % t
+    query = torch.div(idx, max(t, 1), rounding_mode="floor")
+    return masks[query].bool(), scores, idx % max(t, 1)
 
 
 class PanopticFusion(nn.Module):
@@ -244,17 +296,25 @@ class PanopticFusion(nn.Module):
         """Create the fusion.
 
         Args:
-            num_things: Classes `[0, num_things)` are things, the rest stuff.
-            object_mask_threshold: Minimum candidate score.
-            overlap_threshold: Minimum fraction of its mask a segment must keep.
+            num_things: Classes `[0, num_things)` are things, the rest stuff (0: stuff only).
+            object_mask_threshold: Minimum candidate score, in `[0, 1]`.
+            overlap_threshold: Minimum fraction of its mask a segment must keep, in `[0, 1]`.
             max_per_image: Candidates kept (top scores) before fusion.
             void_label: Semantic label of unassigned pixels.
+
+        Raises:
+            ValueError: On a threshold outside `[0, 1]`, `num_things < 0` or
+                `max_per_image < 1`.
         """
         super().__init__()
+        if num_things < 0:
+            raise ValueError(f"num_things: expected an int >= 0, got {num_things}")
         self.num_things = num_things
-        self.object_mask_threshold = object_mask_threshold
-        self.overlap_threshold = overlap_threshold
-        self.max_per_image = max_per_image
+        self.object_mask_threshold = _check_unit(
+            object_mask_threshold, name="object_mask_threshold"
+        )
+        self.overlap_threshold = _check_unit(overlap_threshold, name="overlap_threshold")
+        self.max_per_image = check_positive(max_per_image, name="max_per_image")
         self.void_label = void_label
 
     def forward(
@@ -265,6 +325,7 @@ class PanopticFusion(nn.Module):
         valid: Tensor | None = None,
         *,
         instances: tuple[Tensor, Tensor, Tensor] | None = None,
+        num_things: int | None = None,
     ) -> PanopticResult:
         """Fuse candidates of one image.
 
@@ -275,16 +336,22 @@ class PanopticFusion(nn.Module):
             valid: Optional `(K,)` bool; False drops a candidate (e.g. affinity peak <= 0.3).
             instances: Optional precomputed instance results `(masks, scores, labels)`; by
                 default the kept thing segments are returned as instances.
+            num_things: Overrides the module's `num_things` for this call (a custom
+                vocabulary).
 
         Returns:
             A `PanopticResult`.
 
         Raises:
-            ValueError: If the shapes disagree.
+            ValueError: If the shapes disagree or `masks` is not binary.
         """
         s = check_shape(masks, "K H W", name="masks")
         check_shape(scores, "K", name="scores", known=s)
         check_shape(labels, "K", name="labels", known=s)
+        if valid is not None:
+            check_shape(valid, "K", name="valid", known=s)
+        masks = check_binary(masks, name="masks")
+        num_things = self.num_things if num_things is None else num_things
         h, w = s["H"], s["W"]
         keep = scores > self.object_mask_threshold
         if valid is not None:
@@ -306,7 +373,7 @@ class PanopticFusion(nn.Module):
                 if area_mask == 0 or area == 0 or area / area_mask < self.overlap_threshold:
                     continue
                 cat = int(lb[k])
-                isthing = cat < self.num_things
+                isthing = cat < num_things
                 if not isthing and cat in stuff_ids:
                     seg_id = stuff_ids[cat]
                     segments[seg_id - 1]["area"] += area

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork, roi_align
 
-from samkit._checks import check_shape
+from samkit._checks import as_image, check_shape
 
 __all__ = [
     "PatchEncoder",
@@ -32,6 +33,7 @@ __all__ = [
     "TimmFPN",
     "TinyFeaturePyramid",
     "box_sine_embedding",
+    "pyramid_features",
     "roi_levels",
 ]
 
@@ -86,6 +88,143 @@ def roi_levels(boxes: Tensor, *, num_levels: int, finest_scale: float = 56.0) ->
     scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
     lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return lvl.clamp(0, num_levels - 1).long()
+
+
+def _resolve_image_sizes(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """The true `(h, w)` of each image of a padded batch `(B, 3, H, W)`; default all `(H, W)`.
+
+    Args:
+        images: The padded batch.
+        image_sizes: `B` sizes `(h, w)` with `1 <= h <= H`, `1 <= w <= W`, or `None`.
+
+    Returns:
+        A list of `B` `(h, w)` int tuples.
+
+    Raises:
+        ValueError: If `image_sizes` has the wrong length or a size outside the canvas.
+
+    Examples:
+        >>> _resolve_image_sizes(torch.zeros(2, 3, 8, 6), [(8, 6), (5, 4)])
+        [(8, 6), (5, 4)]
+    """
+    b, (h, w) = images.shape[0], images.shape[-2:]
+    if image_sizes is None:
+        return [(int(h), int(w))] * b
+    sizes = [tuple(int(v) for v in hw) for hw in image_sizes]
+    if len(sizes) != b:
+        raise ValueError(f"image_sizes: expected {b} (h, w) pairs, got {len(sizes)}")
+    for i, hw in enumerate(sizes):
+        if len(hw) != 2 or not (1 <= hw[0] <= h and 1 <= hw[1] <= w):
+            raise ValueError(
+                f"image_sizes[{i}]: expected (h, w) with 1 <= h <= {h} and 1 <= w <= {w} "
+                f"(the padded canvas), got {tuple(image_sizes[i])}"
+            )
+    return [(hw[0], hw[1]) for hw in sizes]
+
+
+def _group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """Indices of the images of each size, in order of first appearance.
+
+    Examples:
+        >>> _group_by_size([(4, 4), (2, 3), (4, 4)])
+        {(4, 4): [0, 2], (2, 3): [1]}
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, hw in enumerate(sizes):
+        groups.setdefault(hw, []).append(i)
+    return groups
+
+
+def _replicate_beyond(x: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """Overwrite `x[i]` `(..., H, W)` outside its own `sizes[i]` with its last valid row/column.
+
+    RoIAlign clamps samples that fall past the last row or column of an unpadded map to that
+    row or column; replicating the edge makes a padded map sample the same values.
+    """
+    h, w = x.shape[-2:]
+    if all(hw == (h, w) for hw in sizes):
+        return x
+    out = []
+    for xi, (hi, wi) in zip(x, sizes, strict=True):
+        if (hi, wi) != (h, w):
+            rows = torch.arange(h, device=x.device).clamp(max=hi - 1)
+            cols = torch.arange(w, device=x.device).clamp(max=wi - 1)
+            xi = xi.index_select(-2, rows).index_select(-1, cols)
+        out.append(xi)
+    return torch.stack(out)
+
+
+def _size_scale(
+    boxes: Tensor, image_size: tuple[int, int], image_sizes: Sequence[tuple[int, int]] | None
+) -> Tensor:
+    """`(w, h, w, h)` per image, `(B, 1, 4)`, to normalise pixel boxes `(B, N, 4)`."""
+    sizes = image_sizes if image_sizes is not None else [image_size] * boxes.shape[0]
+    if len(sizes) != boxes.shape[0]:
+        raise ValueError(f"image_sizes: expected {boxes.shape[0]} (h, w) pairs, got {len(sizes)}")
+    wh = [(float(w), float(h), float(w), float(h)) for h, w in sizes]
+    return torch.tensor(wh, dtype=boxes.dtype, device=boxes.device).reshape(-1, 1, 4)
+
+
+def pyramid_features(
+    extractor: nn.Module,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+) -> list[Tensor]:
+    """Feature pyramid of a padded batch in which every image is computed at its own size.
+
+    Images smaller than the canvas (padded bottom/right, true sizes in `image_sizes`) are
+    cropped and run through `extractor` with the other images of the same size; each level is
+    then padded bottom/right, by repeating its last row / column, to the largest map of the
+    batch. So an image's features, and the RoIAlign samples taken from them, are those of the
+    image alone: convolutions never see another image's padding. (The reference pads the batch
+    with zeros and runs one forward, which makes features near the border depend on the batch.)
+
+    Args:
+        extractor: Images `(B, 3, H, W)` in `[0, 1]` -> list of `(B, D, h, w)` maps, finest first;
+            it must treat images independently (eval-mode or frozen normalisation layers).
+        images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8.
+        image_sizes: True `(h, w)` of each image; default all `(H, W)`.
+
+    Returns:
+        The levels, each `(B, D, h_l, w_l)`.
+
+    Examples:
+        >>> net = TinyFeaturePyramid(dim=4).eval()
+        >>> feats = pyramid_features(net, torch.rand(2, 3, 64, 64), [(64, 64), (40, 64)])
+        >>> [tuple(f.shape[-2:]) for f in feats]
+        [(16, 16), (8, 8), (4, 4), (2, 2)]
+    """
+    images = as_image(
+        images, name="images", dtype=images.dtype if images.is_floating_point() else None
+    )
+    sizes = _resolve_image_sizes(images, image_sizes)
+    h, w = images.shape[-2:]
+    groups = _group_by_size(sizes)
+    if len(groups) <= 1 and all(hw == (h, w) for hw in sizes):
+        return list(extractor(images))
+    order: list[int] = []
+    per_group: list[list[Tensor]] = []
+    for (gh, gw), idx in groups.items():
+        order.extend(idx)
+        per_group.append(list(extractor(images[idx, :, :gh, :gw])))
+    levels = []
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    inverse = inverse.to(images.device)
+    for lvl in range(len(per_group[0])):
+        maps = [g[lvl] for g in per_group]
+        lh = max(m.shape[-2] for m in maps)
+        lw = max(m.shape[-1] for m in maps)
+        padded = [
+            F.pad(m, (0, lw - m.shape[-1], 0, lh - m.shape[-2]), mode="replicate")
+            if m.shape[-2:] != (lh, lw)
+            else m
+            for m in maps
+        ]
+        levels.append(torch.cat(padded).index_select(0, inverse))
+    return levels
 
 
 class ResidualFFN(nn.Module):
@@ -211,6 +350,7 @@ class TinyFeaturePyramid(_Normalize):
         self.stem = nn.Sequential(block(3, dim), block(dim, dim))
         self.levels = nn.ModuleList([block(dim, dim) for _ in range(num_levels - 1)])
         self.out_channels = dim
+        self.strides: tuple[int, ...] = tuple(4 * 2**i for i in range(num_levels))
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Compute the pyramid of `(B, 3, H, W)` images; returns `[(B, D, H/4, W/4), ...]`."""
@@ -258,6 +398,7 @@ class ResNetFPN(_Normalize):
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.out_channels = out_channels
+        self.strides: tuple[int, ...] = (4, 8, 16, 32)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
@@ -302,6 +443,10 @@ class TimmFPN(_Normalize):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.out_channels = out_channels
+        self.strides: tuple[int, ...] = tuple(
+            int(r)
+            for r in self.body.feature_info.reduction()  # type: ignore[union-attr,operator]
+        )
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
@@ -323,7 +468,12 @@ class PatchEncoder(nn.Module):
     patch's binary 7x7 mask, flattened through an MLP and LayerNorm; a sine box embedding through
     an MLP gives each token's position; `num_layers` post-norm self-attention layers mix the
     tokens of one image. Handles a variable number of patches per image through `padding_mask`,
-    including images (or batches) with zero patches. Follows SAM-CP, spec section 2.
+    including images (or batches) with zero patches, and images of different sizes padded
+    bottom/right (`image_sizes`): each image's tokens equal those it gets alone. Follows SAM-CP,
+    spec section 2. RoIAlign uses the spatial scale `1 / stride` of each level (mmdet's
+    `featmap_strides`). Deviation: box positions are normalised by each image's own size; the
+    reference multiplies them by the batch's valid ratio (normalising by the padded canvas),
+    which makes them depend on the other images of the batch (identical for one image).
 
     Examples:
         >>> enc = PatchEncoder(dim=16, num_heads=2, ffn_dim=32, mlp_dim=32, num_layers=1)
@@ -385,16 +535,21 @@ class PatchEncoder(nn.Module):
         padding_mask: Tensor | None = None,
         *,
         image_size: tuple[int, int] | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        strides: Sequence[float] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Encode the patches of a batch.
 
         Args:
-            features: Image features, finest first, each `(B, D_f, h_l, w_l)`; the stride of a level
-                is `image_size / h_l`.
-            boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels.
+            features: Image features, finest first, each `(B, D_f, h_l, w_l)`.
+            boxes: Padded patch boxes `(B, N, 4)`, `(x0, y0, x1, y1)` pixels of each image.
             masks: Padded binary patch masks `(B, N, H, W)`, or `None` to skip MaskRoI.
             padding_mask: `(B, N)` bool, True at padded patches, or `None`.
-            image_size: `(H, W)` of the images; defaults to the mask size.
+            image_size: `(H, W)` of the (padded) images; defaults to the mask size.
+            image_sizes: True `(h, w)` of each image (padded bottom/right to `(H, W)`); default
+                all `image_size`.
+            strides: Stride of each feature level; default inferred as the power of two
+                nearest to `max(h) / h_l` (give them for images smaller than ~4 strides).
 
         Returns:
             `(tokens (B, N, D), positions (B, N, D))`; padded slots are zero.
@@ -412,8 +567,16 @@ class PatchEncoder(nn.Module):
             check_shape(padding_mask, "B N", name="padding_mask", known=s)
         for i, f in enumerate(features):
             check_shape(f, "B D h w", name=f"features[{i}]", known={"B": s["B"]})
-        pos = self.embed_positions(boxes, image_size)
-        tokens = self.embed_boxes(features, boxes, masks, image_size=image_size)
+        if strides is not None and len(strides) != len(features):
+            raise ValueError(
+                f"strides: expected {len(features)} (one per level), got {len(strides)}"
+            )
+        pos = self.embed_positions(boxes, image_size, image_sizes)
+        if masks is not None and image_sizes is not None:
+            masks = _replicate_beyond(masks, image_sizes)
+        tokens = self.embed_boxes(
+            features, boxes, masks, image_size=image_size, image_sizes=image_sizes, strides=strides
+        )
         if padding_mask is not None:
             tokens = tokens.masked_fill(padding_mask[..., None], 0.0)
         if s["N"] > 0:
@@ -424,11 +587,17 @@ class PatchEncoder(nn.Module):
             pos = pos.masked_fill(padding_mask[..., None], 0.0)
         return tokens, pos
 
-    def embed_positions(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """Box positions `(B, N, D)` from pixel boxes `(B, N, 4)` (sine embedding + MLP)."""
-        h, w = image_size
-        scale = boxes.new_tensor([w, h, w, h])
-        x0, y0, x1, y1 = (boxes / scale).unbind(-1)
+    def embed_positions(
+        self,
+        boxes: Tensor,
+        image_size: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> Tensor:
+        """Box positions `(B, N, D)` from pixel boxes `(B, N, 4)` (sine embedding + MLP).
+
+        Boxes are normalised by each image's own size (`image_sizes`, default `image_size`).
+        """
+        x0, y0, x1, y1 = (boxes / _size_scale(boxes, image_size, image_sizes)).unbind(-1)
         cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
         return self.pos_mlp(box_sine_embedding(cxcywh, num_feats=self.dim // 2))
 
@@ -439,13 +608,18 @@ class PatchEncoder(nn.Module):
         masks: Tensor | None = None,
         *,
         image_size: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        strides: Sequence[float] | None = None,
     ) -> Tensor:
         """RoI tokens `(B, N, D)` (RoIAlign, optional MaskRoI, MLP, LayerNorm), no attention."""
         b, n = boxes.shape[:2]
         rois = rearrange(boxes, "b n c -> (b n) c")
         batch_idx = torch.arange(b, device=boxes.device).repeat_interleave(n)
         rois5 = torch.cat([batch_idx[:, None].to(rois.dtype), rois], 1)
-        feats = self._roi_features(features, rois5, image_size)
+        if strides is None:
+            ref = max((hw[0] for hw in image_sizes), default=image_size[0]) if image_sizes else None
+            strides = _infer_strides(features, ref or image_size[0])
+        feats = self._roi_features(features, rois5, strides)
         if masks is not None and self.use_mask_roi:
             flat_masks = rearrange(masks, "b n h w -> (b n) 1 h w").to(feats.dtype)
             idx = torch.arange(b * n, device=boxes.device, dtype=rois.dtype)
@@ -457,23 +631,36 @@ class PatchEncoder(nn.Module):
         return rearrange(tokens, "(b n) d -> b n d", b=b, n=n)
 
     def embed_normalized_boxes(
-        self, features: Sequence[Tensor], boxes: Tensor, image_size: tuple[int, int]
+        self,
+        features: Sequence[Tensor],
+        boxes: Tensor,
+        image_size: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        strides: Sequence[float] | None = None,
     ) -> Tensor:
-        """RoI tokens `(B, K, D)` of normalised `(x0, y0, x1, y1)` boxes `(B, K, 4)` (for QE)."""
-        h, w = image_size
-        pixel = boxes * boxes.new_tensor([w, h, w, h])
-        return self.embed_boxes(features, pixel, None, image_size=image_size)
+        """RoI tokens `(B, K, D)` of normalised `(x0, y0, x1, y1)` boxes `(B, K, 4)` (for QE).
+
+        Boxes are normalised by each image's own size (`image_sizes`, default `image_size`).
+        """
+        pixel = boxes * _size_scale(boxes, image_size, image_sizes)
+        return self.embed_boxes(
+            features, pixel, None, image_size=image_size, image_sizes=image_sizes, strides=strides
+        )
 
     def _roi_features(
-        self, features: Sequence[Tensor], rois5: Tensor, image_size: tuple[int, int]
+        self, features: Sequence[Tensor], rois5: Tensor, strides: Sequence[float]
     ) -> Tensor:
         """RoIAlign each RoI `(R, 5)` on its mapped level; returns `(R, D_f, 7, 7)`."""
         num_levels = len(features)
         levels = roi_levels(rois5[:, 1:], num_levels=num_levels, finest_scale=self.finest_scale)
         out = rois5.new_zeros(len(rois5), features[0].shape[1], self.roi_size, self.roi_size)
-        for lvl, feat in enumerate(features):
-            scale = feat.shape[-2] / image_size[0]
+        for lvl, (feat, stride) in enumerate(zip(features, strides, strict=True)):
             sel = levels == lvl
-            pooled = roi_align(feat, rois5, self.roi_size, scale, 0, True)
+            pooled = roi_align(feat, rois5, self.roi_size, 1.0 / float(stride), 0, True)
             out = torch.where(sel[:, None, None, None], pooled, out)
         return out
+
+
+def _infer_strides(features: Sequence[Tensor], image_height: int) -> list[float]:
+    """Stride of each level: the power of two nearest to `image_height / h_l`."""
+    return [float(2 ** round(math.log2(image_height / max(f.shape[-2], 1)))) for f in features]

@@ -17,17 +17,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import as_class_names, as_image, check_shape
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
 from samkit.modules.merging import (
     PanopticFusion,
+    _check_unit,
     merge_patches,
     query_candidates,
     select_instances,
 )
-from samkit.modules.patch_encoder import PatchEncoder, ResNetFPN, TimmFPN, TinyFeaturePyramid
+from samkit.modules.patch_encoder import (
+    PatchEncoder,
+    ResNetFPN,
+    TimmFPN,
+    TinyFeaturePyramid,
+    _resolve_image_sizes,
+    pyramid_features,
+)
 from samkit.proposals import SamPatchProposer, pad_patches
 from samkit.systems._config import resolve_config
 from samkit.types import PanopticResult, Patches, SAMCPOutput
@@ -214,128 +222,222 @@ class SAMCP(nn.Module):
             self._text_cache[key] = self.clip.encode_text(list(key), templates=templates).embeddings
         return self._text_cache[key]
 
+    def _dtype(self) -> torch.dtype:
+        return self.classifier.proj.weight.dtype
+
     def forward(
         self,
         images: Tensor,
         patches: Sequence[Patches],
-        class_names: Sequence[str] | None = None,
+        class_names: str | Sequence[str] | None = None,
         *,
         num_things: int | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> SAMCPOutput:
         """Score every patch against semantic and instance queries on every decoder layer.
 
+        Every image's outputs are those it gets alone: padded patch slots never reach a real
+        query, and images of different sizes (padded bottom/right into one batch, true sizes in
+        `image_sizes`) are each computed at their own size.
+
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
-            patches: `B` `Patches` (masks at the image size).
-            class_names: Class names, things first; defaults to the config's classes.
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` (any float dtype; computed in the
+                model's dtype) or uint8 (divided by 255).
+            patches: `B` `Patches`, masks at each image's own size.
+            class_names: Class names, things first (one `str` is one class); defaults to the
+                config's classes.
             num_things: How many of `class_names` are things (required with `class_names`
-                unless they equal the defaults).
+                unless they equal the defaults); 0 for a stuff-only vocabulary.
+            image_sizes: True `(h, w)` of each image, top-left in the canvas; default all
+                `(H, W)`.
 
         Returns:
-            `SAMCPOutput` with `affinities (L, B, S + N, N)` and `class_logits (L, B, S + N, T)`.
+            `SAMCPOutput` with `affinities (L, B, S + N, N)` and `class_logits (L, B, S + N, T)`;
+            entries of padded slots are 0 (see `SAMCPOutput.query_padding_mask`). `B = 0` gives
+            `(L, 0, S, 0)` and `(L, 0, S, T)`.
 
         Raises:
-            ValueError: On shape mismatches or a missing `num_things`.
+            ValueError: On shape mismatches (patch masks not at their image's size), images
+                outside `[0, 1]`, bad `image_sizes` or a missing `num_things`.
         """
+        images = as_image(images, name="images", dtype=self._dtype())
         s = check_shape(images, "B 3 H W", name="images")
         if len(patches) != s["B"]:
             raise ValueError(f"patches: expected {s['B']} Patches, got {len(patches)}")
         names, num_things = self._resolve_classes(class_names, num_things)
-        size = (s["H"], s["W"])
-        text = self.text_embeddings(names).to(images.device)
-        masks, boxes, _, pad = pad_patches(patches)
-        feats = self.feature_extractor(images)
-        tokens, pos = self.patch_encoder(feats, boxes, masks, pad, image_size=size)
+        sizes = _resolve_image_sizes(images, image_sizes)
+        _check_patch_sizes(patches, sizes, image_sizes is None)
+        canvas = (s["H"], s["W"])
+        num_sem = len(names) - num_things
+        if s["B"] == 0:
+            return _empty_output(
+                len(self.decoder.layers), num_sem, len(names), num_things, canvas, images
+            )
+        text = self.text_embeddings(names).to(images.device, images.dtype)
+        masks, boxes, _, pad = pad_patches(patches, size=canvas)
+        boxes = boxes.to(images.dtype)
+        feats = pyramid_features(self.feature_extractor, images, sizes)
+        strides = getattr(self.feature_extractor, "strides", None)
+        tokens, pos = self.patch_encoder(
+            feats, boxes, masks, pad, image_size=canvas, image_sizes=sizes, strides=strides
+        )
         sem, sem_boxes = self.semantic_queries(text[num_things:])
-        queries, refs, norm_boxes = compose_queries(sem, sem_boxes, tokens, boxes, size)
+        queries, refs, norm_boxes = compose_queries(sem, sem_boxes, tokens, boxes, canvas, sizes)
         out = self.decoder(
             queries,
             refs,
             tokens,
             pos,
             norm_boxes,
-            num_semantic=len(names) - num_things,
+            num_semantic=num_sem,
             patch_padding_mask=pad,
-            query_enhancer=lambda b: self.patch_encoder.embed_normalized_boxes(feats, b, size),
+            query_enhancer=lambda b: self.patch_encoder.embed_normalized_boxes(
+                feats, b, canvas, sizes, strides
+            ),
         )
-        return SAMCPOutput(
+        result = SAMCPOutput(
             affinities=out.affinities,
             class_logits=self.classifier(out.hidden_states, text),
             patch_boxes=boxes,
             padding_mask=pad,
-            num_semantic=len(names) - num_things,
+            num_semantic=num_sem,
             num_things=num_things,
-            image_size=size,
+            image_size=canvas,
+            image_sizes=sizes,
         )
+        qpad = result.query_padding_mask
+        result.affinities = result.affinities.masked_fill(
+            qpad[None, :, :, None] | pad[None, :, None, :], 0.0
+        )
+        result.class_logits = result.class_logits.masked_fill(qpad[None, :, :, None], 0.0)
+        return result
 
     @torch.no_grad()
     def predict(
         self,
         images: Tensor,
         patches: Sequence[Patches] | None = None,
-        class_names: Sequence[str] | None = None,
+        class_names: str | Sequence[str] | None = None,
         *,
         num_things: int | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[PanopticResult]:
-        """Panoptic, instance and semantic results for each image, at its original size.
+        """Panoptic, instance and semantic results for each image, at its own size.
+
+        The result of an image does not depend on the other images of the batch: only its own
+        patches and queries are merged, scored and fused.
 
         Args:
-            images: RGB images `(B, 3, H, W)` in `[0, 1]`.
-            patches: `B` `Patches`; computed with the SAM proposer when `None`.
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
+            patches: `B` `Patches` (masks at each image's size); computed with the SAM proposer
+                when `None`.
             class_names: Class names, things first (default: the config's classes).
-            num_things: Number of thing classes in `class_names`.
+            num_things: Number of thing classes in `class_names` (0: stuff only).
+            image_sizes: True `(h, w)` of each image padded bottom/right into the batch;
+                default all `(H, W)`. Results are at these sizes.
 
         Returns:
-            `B` `PanopticResult`s.
+            `B` `PanopticResult`s (`[]` for `B = 0`).
 
         Raises:
             RuntimeError: If `patches` is `None` and the model has no proposer.
+            ValueError: On bad inputs, as in `forward`.
         """
+        images = as_image(images, name="images", dtype=self._dtype())
+        sizes = _resolve_image_sizes(images, image_sizes)
+        names, num_things = self._resolve_classes(class_names, num_things)
         if patches is None:
             if self.proposer is None:
                 raise RuntimeError("SAMCP.predict: pass patches or build with build_proposer=True")
-            patches = self.proposer(images)
-        names, num_things = self._resolve_classes(class_names, num_things)
-        out = self.forward(images, patches, names, num_things=num_things)
-        masks, _, _, pad = pad_patches(patches)
+            patches = self.proposer(images, sizes) if sizes else []
+        out = self.forward(images, patches, names, num_things=num_things, image_sizes=sizes)
+        if not sizes:
+            return []
+        masks, _, _, pad = pad_patches(patches, size=out.image_size)
         merged = merge_patches(out.affinities[-1], masks, pad)
-        probs = out.class_logits[-1].sigmoid()
-        if self.open_vocabulary is not None:
-            dense = self.clip.dense_features(images)
-            text = self.text_embeddings(names).to(images.device)
-            probs = self.open_vocabulary(out.class_logits[-1], dense, merged, text)
+        text = self.text_embeddings(names).to(images.device, images.dtype)
+        s = out.num_semantic
         results = []
-        for i, p in enumerate(patches):
-            n = p.num_patches
+        for i, (p, (h, w)) in enumerate(zip(patches, sizes, strict=True)):
+            k = s + p.num_patches  # this image's real queries
+            logits = out.class_logits[-1, i, :k]
+            masks_i = merged[i, :k, :h, :w]
+            if self.open_vocabulary is not None:
+                dense = self.clip.dense_features(images[i : i + 1, :, :h, :w])
+                probs = self.open_vocabulary(logits[None], dense, masks_i[None], text)[0]
+            else:
+                probs = logits.sigmoid()
             scores, labels, valid = query_candidates(
-                probs[i],
-                out.affinities[-1, i, :, :n],
-                num_semantic=out.num_semantic,
+                probs,
+                out.affinities[-1, i, :k, : p.num_patches],
+                num_semantic=s,
                 num_things=num_things,
                 affinity_threshold=self.config.affinity_threshold,
             )
             inst = select_instances(
-                probs[i, out.num_semantic :, :num_things],
-                merged[i, out.num_semantic :],
-                max_per_image=self.config.max_per_image,
+                probs[s:, :num_things], masks_i[s:], max_per_image=self.config.max_per_image
             )
-            self.fusion.num_things = num_things
-            results.append(self.fusion(scores, labels, merged[i], valid, instances=inst))
+            results.append(
+                self.fusion(scores, labels, masks_i, valid, instances=inst, num_things=num_things)
+            )
         return results
 
     def _resolve_classes(
-        self, class_names: Sequence[str] | None, num_things: int | None
+        self, class_names: str | Sequence[str] | None, num_things: int | None
     ) -> tuple[list[str], int]:
         if class_names is None:
+            if num_things is not None and num_things != len(self.config.thing_classes):
+                raise ValueError(
+                    f"num_things: the default classes have {len(self.config.thing_classes)} "
+                    f"things, got {num_things}"
+                )
             return list(self.class_names), len(self.config.thing_classes)
-        names = list(class_names)
+        names = as_class_names(class_names, name="class_names")
         if num_things is None:
             if tuple(names) != self.class_names:
-                raise ValueError("SAMCP: give num_things together with custom class_names")
+                raise ValueError("num_things: give num_things together with custom class_names")
             num_things = len(self.config.thing_classes)
+        if isinstance(num_things, bool) or not isinstance(num_things, int):
+            raise TypeError(f"num_things: expected an int, got {type(num_things).__name__}")
         if not 0 <= num_things <= len(names):
             raise ValueError(f"num_things: expected 0..{len(names)}, got {num_things}")
         return names, num_things
+
+
+def _check_patch_sizes(
+    patches: Sequence[Patches], sizes: Sequence[tuple[int, int]], default_sizes: bool
+) -> None:
+    """Each image's patch masks must be at that image's size."""
+    for i, (p, hw) in enumerate(zip(patches, sizes, strict=True)):
+        if not isinstance(p, Patches):
+            raise TypeError(f"patches[{i}]: expected Patches, got {type(p).__name__}")
+        if p.image_size != hw:
+            hint = " (pass image_sizes for images padded into the batch)" if default_sizes else ""
+            raise ValueError(
+                f"patches[{i}]: expected masks at the image size {hw}, got {p.image_size}{hint}"
+            )
+
+
+def _empty_output(
+    num_layers: int,
+    num_semantic: int,
+    num_classes: int,
+    num_things: int,
+    canvas: tuple[int, int],
+    images: Tensor,
+) -> SAMCPOutput:
+    """The `SAMCPOutput` of an empty batch (`B = 0`)."""
+    kw: dict[str, Any] = {"device": images.device, "dtype": images.dtype}
+    return SAMCPOutput(
+        affinities=torch.zeros(num_layers, 0, num_semantic, 0, **kw),
+        class_logits=torch.zeros(num_layers, 0, num_semantic, num_classes, **kw),
+        patch_boxes=torch.zeros(0, 0, 4, **kw),
+        padding_mask=torch.zeros(0, 0, dtype=torch.bool, device=images.device),
+        num_semantic=num_semantic,
+        num_things=num_things,
+        image_size=canvas,
+        image_sizes=[],
+    )
 
 
 def _feature_extractor(cfg: SAMCPConfig) -> nn.Module:
@@ -361,6 +463,9 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     Returns:
         The `SAMCP` module (random weights unless checkpoints are given in the config).
 
+    Raises:
+        ValueError: On an unknown preset or a threshold / `kappa` outside `[0, 1]`.
+
     Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False, decoder_layers=1)
         >>> model.config.decoder_layers
@@ -369,6 +474,8 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     cfg = resolve_config(
         SAMCPConfig, cfg, overrides, presets={"tiny": SAMCPConfig.tiny}, system="SAM-CP"
     )
+    _check_unit(cfg.affinity_threshold, name="affinity_threshold")
+    _check_unit(cfg.kappa, name="kappa")
     clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
     proposer = None
     if cfg.build_proposer:

@@ -114,7 +114,7 @@ class TestSAMCPLoss:
 
     def test_exception(self) -> None:
         out, tgt = _case()
-        with pytest.raises(ValueError, match="expected 1 targets"):
+        with pytest.raises(ValueError, match="expected 1 PatchTargets"):
             sam_cp_loss(out, [tgt, tgt])
 
     def test_gradients_reach_all_logits_and_are_finite(self) -> None:
@@ -155,3 +155,48 @@ class TestSAMCPLoss:
             torch.tensor([False]),
         )
         assert torch.isfinite(sam_cp_loss(empty, [tgt0])["loss"])
+
+    def test_merged_boxes_use_each_image_size(self) -> None:
+        """An image padded into a wider batch has the loss it has alone (boxes in its own frame)."""
+        out, tgt = _case()
+        wide = SAMCPOutput(
+            out.affinities,
+            out.class_logits,
+            out.patch_boxes,
+            out.padding_mask,
+            1,
+            2,
+            (8, 32),
+            image_sizes=[(8, 16)],
+        )
+        a, b = sam_cp_loss(out, [tgt]), sam_cp_loss(wide, [tgt])
+        for k in a:
+            torch.testing.assert_close(a[k], b[k])
+
+    def test_empty_batch(self) -> None:
+        empty = SAMCPOutput(
+            torch.zeros(2, 0, 1, 0),
+            torch.zeros(2, 0, 1, 3),
+            torch.zeros(0, 0, 4),
+            torch.zeros(0, 0, dtype=torch.bool),
+            1,
+            2,
+            (8, 16),
+        )
+        losses = sam_cp_loss(empty, [])
+        assert all(v.item() == 0 for v in losses.values())
+
+    def test_targets_must_fit_the_output(self) -> None:
+        out, tgt = _case()
+        bad = PatchTargets(
+            tgt.thing_parts[:2],
+            tgt.thing_labels,
+            tgt.thing_boxes,
+            tgt.thing_valid,
+            tgt.semantic_parts,
+            tgt.semantic_positive,
+        )
+        with pytest.raises(ValueError, match=r"targets\[0\].thing_parts"):
+            sam_cp_loss(out, [bad])
+        with pytest.raises(ValueError, match="alpha"):
+            sam_cp_loss(out, [tgt], alpha=1.5)

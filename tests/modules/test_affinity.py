@@ -318,3 +318,30 @@ def test_dca_mask_threshold_matches_spec() -> None:
     a = aff.sigmoid()
     ref = (a - a.min()) / (a.max() - a.min())
     torch.testing.assert_close(norm, ref)
+
+
+def test_compose_queries_normalises_by_each_image_size() -> None:
+    sem, sem_ref = torch.randn(1, 8), torch.rand(1, 4)
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 4.0]], [[0.0, 0.0, 8.0, 4.0]]])
+    _, ref, norm = compose_queries(
+        sem, sem_ref, torch.randn(2, 1, 8), boxes, (8, 16), [(8, 16), (4, 8)]
+    )
+    torch.testing.assert_close(
+        norm[:, 0], torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
+    )
+    torch.testing.assert_close(ref[1, 1], torch.tensor([0.5, 0.5, 1.0, 1.0]))
+
+
+def test_fully_blocked_cross_attention_is_no_update() -> None:
+    """A query with no patch to attend to (image without patches) is updated as alone (N = 0)."""
+    layer = AffinityDecoderLayer(dim=16, num_heads=4, ffn_dim=32).eval()
+    q, qp = torch.randn(1, 2, 16), torch.randn(1, 2, 16)
+    alone, _ = layer(q, qp, torch.zeros(1, 0, 16), torch.zeros(1, 0, 16))
+    padded, _ = layer(
+        q,
+        qp,
+        torch.randn(1, 3, 16),
+        torch.randn(1, 3, 16),
+        patch_padding_mask=torch.ones(1, 3, dtype=torch.bool),
+    )
+    torch.testing.assert_close(padded, alone)

@@ -84,7 +84,7 @@ class TestOpenVocabulary:
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=0.4), a**0.6 * b**0.4)
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=0.0), a)
         torch.testing.assert_close(geometric_ensemble(a, b, kappa=1.0), b)
-        with pytest.raises(ValueError, match="shapes differ"):
+        with pytest.raises(ValueError, match="same shape"):
             geometric_ensemble(a, b[:1])
 
     def test_mask_pooling_picks_matching_class(self) -> None:
@@ -108,3 +108,13 @@ class TestOpenVocabulary:
             ens(logits, feats, masks, text), logits.sigmoid() ** 0.6 * clip**0.4
         )
         assert not list(ens.parameters())
+
+
+@pytest.mark.parametrize("bad", ["learned", "clip", "kappa"])
+def test_geometric_ensemble_checks_its_inputs(bad: str) -> None:
+    args = {"learned": torch.tensor([0.5]), "clip": torch.tensor([0.5]), "kappa": 0.4}
+    args[bad] = 1.5 if bad == "kappa" else torch.tensor([1.5])
+    with pytest.raises(ValueError, match=bad):
+        geometric_ensemble(args["learned"], args["clip"], kappa=args["kappa"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kappa"):
+        OpenVocabularyEnsemble(kappa=-0.1)

@@ -143,3 +143,63 @@ class TestPanopticFusion:
             PanopticFusion(num_things=1)(
                 torch.zeros(2), torch.zeros(3).long(), torch.zeros(3, 2, 2, dtype=torch.bool)
             )
+
+
+class TestVocabulariesAndContract:
+    def test_query_candidates_without_thing_classes(self) -> None:
+        probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+        aff = torch.full((3, 2), 3.0)
+        scores, labels, valid = query_candidates(probs, aff, num_semantic=2, num_things=0)
+        assert scores.tolist()[:2] == pytest.approx([0.9, 0.8])
+        assert labels.tolist() == [0, 1, 0] and valid.tolist() == [True, True, False]
+
+    def test_query_candidates_without_stuff(self) -> None:
+        probs = torch.tensor([[0.1, 0.7], [0.6, 0.2]])
+        scores, labels, valid = query_candidates(
+            probs, torch.zeros(2, 2), num_semantic=0, num_things=2, affinity_threshold=0.4
+        )
+        assert labels.tolist() == [1, 0] and valid.all()
+        assert scores.tolist() == pytest.approx([0.7, 0.6])
+
+    def test_select_instances_without_thing_classes(self) -> None:
+        masks, scores, labels = select_instances(
+            torch.zeros(3, 0), torch.ones(3, 4, 4, dtype=torch.bool)
+        )
+        assert masks.shape == (0, 4, 4) and scores.numel() == labels.numel() == 0
+
+    def test_fusion_stuff_only(self) -> None:
+        fusion = PanopticFusion(num_things=3)
+        masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+        masks[0, :2], masks[1, 2:] = True, True
+        out = fusion(torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), masks, num_things=0)
+        assert [sg["isthing"] for sg in out.segments] == [False, False]
+        assert out.instance_masks.shape == (0, 4, 4)
+
+    @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+    def test_thresholds_outside_unit_interval(self, value: float) -> None:
+        aff, masks = torch.zeros(1, 1, 4), _quadrant_masks()
+        with pytest.raises(ValueError, match="threshold"):
+            merge_patches(aff, masks, threshold=value)
+        with pytest.raises(ValueError, match="threshold"):
+            merge_boxes(aff, torch.zeros(1, 4, 4), threshold=value)
+        with pytest.raises(ValueError, match="affinity_threshold"):
+            query_candidates(
+                torch.zeros(1, 2), torch.zeros(1, 1), num_semantic=0, num_things=2,
+                affinity_threshold=value,
+            )  # fmt: skip
+        with pytest.raises(ValueError, match="object_mask_threshold"):
+            PanopticFusion(num_things=1, object_mask_threshold=value)
+        with pytest.raises(ValueError, match="overlap_threshold"):
+            PanopticFusion(num_things=1, overlap_threshold=value)
+
+    def test_probabilities_and_masks_are_checked(self) -> None:
+        with pytest.raises(ValueError, match="class_probs"):
+            select_instances(torch.tensor([[1.5]]), torch.ones(1, 2, 2, dtype=torch.bool))
+        with pytest.raises(ValueError, match="class_probs"):
+            query_candidates(
+                torch.tensor([[2.0, 0.1]]), torch.zeros(1, 1), num_semantic=0, num_things=2
+            )
+        with pytest.raises(ValueError, match="patch_masks"):
+            merge_patches(torch.zeros(1, 1, 4), _quadrant_masks().float() * 0.5)
+        with pytest.raises(ValueError, match="num_things"):
+            query_candidates(torch.zeros(2, 2), torch.zeros(2, 1), num_semantic=1, num_things=2)

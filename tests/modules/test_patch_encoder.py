@@ -14,6 +14,7 @@ from samkit.modules.patch_encoder import (
     ResidualFFN,
     TinyFeaturePyramid,
     box_sine_embedding,
+    pyramid_features,
     roi_levels,
 )
 
@@ -185,3 +186,79 @@ def test_tiny_pyramid_norms(norm: str) -> None:
     assert expected in kinds
     with pytest.raises(ValueError, match="norm must be"):
         TinyFeaturePyramid(dim=8, norm="layer")
+
+
+class TestMixedSizes:
+    def test_extractors_expose_strides(self) -> None:
+        assert TinyFeaturePyramid(dim=4).strides == (4, 8, 16, 32)
+
+    def test_pyramid_features_equal_each_image_alone(self) -> None:
+        torch.manual_seed(0)
+        net = TinyFeaturePyramid(dim=4).eval()
+        sizes = [(64, 64), (50, 61), (37, 45), (50, 61)]
+        canvas = torch.zeros(4, 3, 64, 64)
+        alone = []
+        for i, (h, w) in enumerate(sizes):
+            img = torch.rand(3, h, w)
+            canvas[i, :, :h, :w] = img
+            alone.append(net(img[None]))
+        feats = pyramid_features(net, canvas, sizes)
+        for i in range(4):
+            for lvl, ref in enumerate(alone[i]):
+                h, w = ref.shape[-2:]
+                torch.testing.assert_close(feats[lvl][i : i + 1, :, :h, :w], ref)
+                # padding repeats the last valid row / column (what RoIAlign clamps to)
+                torch.testing.assert_close(
+                    feats[lvl][i, :, h:, :w], ref[0, :, -1:].expand_as(feats[lvl][i, :, h:, :w])
+                )
+
+    def test_pyramid_features_of_uniform_batch_is_one_call(self) -> None:
+        net = TinyFeaturePyramid(dim=4).eval()
+        images = torch.rand(2, 3, 32, 32)
+        for a, b in zip(pyramid_features(net, images), net(images), strict=True):
+            torch.testing.assert_close(a, b)
+
+    def test_encoder_tokens_equal_each_image_alone(self) -> None:
+        torch.manual_seed(0)
+        enc = _encoder(finest_scale=16.0).eval()
+        net = TinyFeaturePyramid(dim=16).eval()
+        sizes = [(40, 30), (64, 64)]
+        canvas = torch.zeros(2, 3, 64, 64)
+        masks = torch.zeros(2, 2, 64, 64, dtype=torch.bool)
+        boxes = torch.tensor([[[0.0, 0.0, 30.0, 40.0], [10.0, 20.0, 30.0, 40.0]],
+                              [[0.0, 0.0, 64.0, 64.0], [5.0, 5.0, 20.0, 50.0]]])  # fmt: skip
+        pad = torch.tensor([[False, False], [False, True]])
+        singles = []
+        for i, (h, w) in enumerate(sizes):
+            canvas[i, :, :h, :w] = torch.rand(3, h, w)
+            for j in range(2):
+                x0, y0, x1, y1 = boxes[i, j].long().tolist()
+                masks[i, j, y0:y1, x0:x1] = True
+            n = int((~pad[i]).sum())
+            img = canvas[i : i + 1, :, :h, :w]
+            singles.append(
+                enc(
+                    net(img),
+                    boxes[i : i + 1, :n],
+                    masks[i : i + 1, :n, :h, :w],
+                    strides=net.strides,
+                )
+            )
+        feats = pyramid_features(net, canvas, sizes)
+        tokens, pos = enc(feats, boxes, masks, pad, image_sizes=sizes, strides=net.strides)
+        for i, (tok, p) in enumerate(singles):
+            n = tok.shape[1]
+            torch.testing.assert_close(tokens[i : i + 1, :n], tok, atol=1e-5, rtol=0)
+            torch.testing.assert_close(pos[i : i + 1, :n], p, atol=1e-5, rtol=0)
+
+    def test_roi_scale_is_one_over_stride(self) -> None:
+        """A 60-pixel image has an 8-row stride-8 map: the scale is 1/8, not 8/60."""
+        enc = _encoder(finest_scale=1e6, use_mask_roi=False)  # every RoI on level 0
+        feats = [torch.randn(1, 16, 8, 8)]
+        boxes = torch.tensor([[[8.0, 8.0, 40.0, 56.0]]])
+        got = enc.embed_boxes(feats, boxes, image_size=(60, 60), strides=[8])
+        rois = torch.tensor([[0.0, 8.0, 8.0, 40.0, 56.0]])
+        ref = roi_align(feats[0], rois, 7, 1 / 8, 0, True)
+        torch.testing.assert_close(got, enc.roi_norm(enc.roi_mlp(ref.flatten(1)))[None])
+        inferred = enc.embed_boxes(feats, boxes, image_size=(60, 60))
+        torch.testing.assert_close(inferred, got)
