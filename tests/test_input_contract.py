@@ -876,13 +876,6 @@ ENTRY_POINTS: list[EntryPoint] = [
         ragged=True,
         batch_axis=1,
         tol=5.0,
-        pending={
-            "uint8": "sam-cp",
-            "out_of_range": "sam-cp",
-            "nan": "sam-cp",
-            "empty_batch": "sam-cp",
-            "float_dtypes": "sam-cp",
-        },
     ),
     EntryPoint(
         "SAMCP.predict",
@@ -891,13 +884,6 @@ ENTRY_POINTS: list[EntryPoint] = [
         images="images",
         ragged=True,
         tol=5.0,
-        pending={
-            "uint8": "sam-cp",
-            "out_of_range": "sam-cp",
-            "nan": "sam-cp",
-            "empty_batch": "sam-cp",
-            "float_dtypes": "sam-cp",
-        },
     ),
     EntryPoint(
         "patches_from_masks",
@@ -910,7 +896,6 @@ ENTRY_POINTS: list[EntryPoint] = [
                 r"^masks: expected a binary mask",
             ),
         ),
-        pending={"invalid": "sam-cp"},
     ),
     EntryPoint(
         "mean_iou",

@@ -94,6 +94,7 @@ class SAMCPConfig:
     build_proposer: bool = True  # build SAM for `predict(images)` without precomputed patches
     clip_name: str = "ViT-B-16"  # CLIP giving the class text embeddings (ViT-B, 512-d)
     clip_checkpoint: str | None = None  # local CLIP weights
+    quick_gelu: bool | None = None  # CLIP activation; None: read from the checkpoint (OpenAI: on)
     text_templates: tuple[str, ...] = ("a photo of a {}.",)  # prompt templates for class names
     dim: int = 256  # token / query width D
     num_heads: int = 8  # attention heads everywhere
@@ -476,7 +477,7 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     )
     _check_unit(cfg.affinity_threshold, name="affinity_threshold")
     _check_unit(cfg.kappa, name="kappa")
-    clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint)
+    clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
     proposer = None
     if cfg.build_proposer:
         from samkit.backbones.sam import build_sam_backbone
