@@ -15,6 +15,7 @@ The other helpers turn what users pass into what the modules compute on, or rais
   `[0, 1]`.
 * `as_class_names`: one `str` is one class; a sequence must hold at least one `str`.
 * `check_positive`: sizes and counts that must be `>= 1`.
+* `check_unit_interval`: thresholds and weights that must lie in `[0, 1]`.
 
 Checks that read tensor values (range, binary, probabilities) are skipped while
 `torch.compile` traces, so the checked entry points compile with `fullgraph=True`; the eager call
@@ -39,6 +40,7 @@ __all__ = [
     "check_probabilities",
     "check_same_device",
     "check_shape",
+    "check_unit_interval",
 ]
 
 IMAGE_RANGE_TOLERANCE = 1e-3
@@ -356,3 +358,30 @@ def check_positive(value: int, *, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {value}")
     return value
+
+
+def check_unit_interval(value: float, *, name: str) -> float:
+    """Check that a threshold or weight is a real number in `[0, 1]`.
+
+    Args:
+        value: The value.
+        name: What the argument is called in error messages.
+
+    Returns:
+        `value` as a `float`.
+
+    Raises:
+        TypeError: If `value` is not a real number.
+        ValueError: If `value` is NaN or outside `[0, 1]`.
+
+    Examples:
+        >>> check_unit_interval(1.5, name="threshold")
+        Traceback (most recent call last):
+        ...
+        ValueError: threshold: expected a number in [0, 1], got 1.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:  # False for NaN too
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return float(value)

@@ -20,9 +20,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import box_iou, generalized_box_iou
 
-from samkit._checks import check_binary, check_shape
+from samkit._checks import check_binary, check_shape, check_unit_interval
 from samkit.losses.segmentation import pairwise_dice_loss
-from samkit.modules.merging import _check_unit, merge_boxes
+from samkit.modules.merging import merge_boxes
 from samkit.proposals import mask_boxes
 from samkit.types import Patches, PatchTargets
 
@@ -118,9 +118,9 @@ class PartAssigner:
             high_iou_part: Enable the high-IoU-part rule.
             low_quality: Enable the low-quality rule.
         """
-        self.pos_thr = _check_unit(pos_thr, name="pos_thr")
-        self.neg_thr = _check_unit(neg_thr, name="neg_thr")
-        self.min_pos_iou = _check_unit(min_pos_iou, name="min_pos_iou")
+        self.pos_thr = check_unit_interval(pos_thr, name="pos_thr")
+        self.neg_thr = check_unit_interval(neg_thr, name="neg_thr")
+        self.min_pos_iou = check_unit_interval(min_pos_iou, name="min_pos_iou")
         self.high_iou_part = high_iou_part
         self.low_quality = low_quality
 
@@ -213,7 +213,7 @@ class HungarianPatchMatcher:
         self.dice_cost = dice_cost
         self.box_cost = box_cost
         self.giou_cost = giou_cost
-        self.alpha = _check_unit(alpha, name="alpha")
+        self.alpha = check_unit_interval(alpha, name="alpha")
         if not gamma >= 0:
             raise ValueError(f"gamma: expected a number >= 0, got {gamma}")
         self.gamma = gamma
@@ -361,8 +361,8 @@ def build_patch_targets(
                 f"segment_labels: expected class ids in [0, {num_things + num_stuff}) "
                 f"(num_things + num_stuff), got values in [{first}, {last}]"
             )
-    stuff_thr = _check_unit(stuff_thr, name="stuff_thr")
-    valid_iou = _check_unit(valid_iou, name="valid_iou")
+    stuff_thr = check_unit_interval(stuff_thr, name="stuff_thr")
+    valid_iou = check_unit_interval(valid_iou, name="valid_iou")
     assigner = assigner or PartAssigner()
     things = segment_labels < num_things
     t_masks, t_labels = masks[things], segment_labels[things].long()

@@ -36,9 +36,9 @@ from samkit._checks import (
     check_binary,
     check_positive,
     check_shape,
+    check_unit_interval,
 )
 from samkit.backbones.sam import SamLike
-from samkit.modules.merging import _check_unit
 from samkit.modules.patch_encoder import _group_by_size, _resolve_image_sizes
 from samkit.types import Patches
 
@@ -361,11 +361,11 @@ class SamPatchProposer(nn.Module):
         if not math.isfinite(pred_iou_thresh):
             raise ValueError(f"pred_iou_thresh: expected a finite number, got {pred_iou_thresh}")
         self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = _check_unit(
+        self.stability_score_thresh = check_unit_interval(
             stability_score_thresh, name="stability_score_thresh"
         )
         self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = _check_unit(box_nms_thresh, name="box_nms_thresh")
+        self.box_nms_thresh = check_unit_interval(box_nms_thresh, name="box_nms_thresh")
         self.min_area = min_area
 
     @torch.no_grad()

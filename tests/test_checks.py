@@ -14,6 +14,7 @@ from samkit._checks import (
     check_probabilities,
     check_same_device,
     check_shape,
+    check_unit_interval,
 )
 
 
@@ -145,3 +146,11 @@ def test_check_positive() -> None:
     assert check_positive(3, name="g") == 3
     with pytest.raises(ValueError, match="grid_size: expected an int >= 1, got -1"):
         check_positive(-1, name="grid_size")
+
+
+def test_check_unit_interval() -> None:
+    assert check_unit_interval(1, name="t") == 1.0
+    with pytest.raises(ValueError, match=r"threshold: expected a number in \[0, 1\], got nan"):
+        check_unit_interval(float("nan"), name="threshold")
+    with pytest.raises(TypeError, match="kappa: expected a number in"):
+        check_unit_interval(True, name="kappa")

@@ -491,7 +491,7 @@ ENTRY_POINTS: list[EntryPoint] = [
         ),
         lambda: {"sam_masks": _binary(4, 16, 16), "text_masks": _binary(3, 4, 4, seed=1)},
         invalid=(
-            Invalid("alpha_2", _with(alpha=2.0), r"^alpha: expected a threshold in \[0, 1\]"),
+            Invalid("alpha_2", _with(alpha=2.0), r"^alpha: expected a number in \[0, 1\]"),
             Invalid(
                 "non_binary_text",
                 _with(text_masks=torch.full((3, 4, 4), 0.2)),

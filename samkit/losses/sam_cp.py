@@ -20,10 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from samkit._checks import check_shape
+from samkit._checks import check_shape, check_unit_interval
 from samkit.losses.segmentation import dice_loss, sigmoid_focal_loss
 from samkit.matching import HungarianPatchMatcher
-from samkit.modules.merging import _check_unit
 from samkit.types import PatchTargets, SAMCPOutput
 
 __all__ = ["SAMCPLoss", "sam_cp_loss"]
@@ -69,7 +68,7 @@ def sam_cp_loss(
     num_layers, b = output.affinities.shape[:2]
     if len(targets) != b:
         raise ValueError(f"targets: expected {b} PatchTargets (one per image), got {len(targets)}")
-    _check_unit(alpha, name="alpha")
+    check_unit_interval(alpha, name="alpha")
     if not gamma >= 0:
         raise ValueError(f"gamma: expected a number >= 0, got {gamma}")
     for i, tgt in enumerate(targets):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from samkit._checks import check_binary, check_positive, check_shape
+from samkit._checks import check_binary, check_positive, check_shape, check_unit_interval
 
 __all__ = [
     "ShallowMaskAggregator",
@@ -98,8 +98,7 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
 
 
 def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: expected a threshold in [0, 1], got {alpha}")
+    check_unit_interval(alpha, name="alpha")
 
 
 def match_masks_to_text(

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samkit._checks import check_probabilities, check_shape
-from samkit.modules.merging import _check_unit
+from samkit._checks import check_probabilities, check_shape, check_unit_interval
 
 __all__ = [
     "MaskPooledClipClassifier",
@@ -113,7 +112,7 @@ def geometric_ensemble(learned: Tensor, clip: Tensor, *, kappa: float = 0.4) -> 
         )
     check_probabilities(learned, name="learned")
     check_probabilities(clip, name="clip")
-    kappa = _check_unit(kappa, name="kappa")
+    kappa = check_unit_interval(kappa, name="kappa")
     eps = torch.finfo(learned.dtype).tiny
     return learned.clamp_min(eps).pow(1 - kappa) * clip.clamp_min(eps).pow(kappa)
 
@@ -183,7 +182,7 @@ class OpenVocabularyEnsemble(nn.Module):
             temperature: Softmax temperature of the CLIP classifier.
         """
         super().__init__()
-        self.kappa = _check_unit(kappa, name="kappa")
+        self.kappa = check_unit_interval(kappa, name="kappa")
         self.clip = MaskPooledClipClassifier(temperature=temperature)
 
     def forward(

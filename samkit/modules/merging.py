@@ -17,7 +17,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from samkit._checks import check_binary, check_positive, check_probabilities, check_shape
+from samkit._checks import (
+    check_binary,
+    check_positive,
+    check_probabilities,
+    check_shape,
+    check_unit_interval,
+)
 from samkit.types import PanopticResult
 
 __all__ = [
@@ -28,24 +34,6 @@ __all__ = [
     "query_candidates",
     "select_instances",
 ]
-
-
-def _check_unit(value: float, *, name: str) -> float:
-    """Check that a threshold or weight is a real number in `[0, 1]`; returns it as a `float`.
-
-    Raises:
-        TypeError: If `value` is not a real number.
-        ValueError: If `value` is NaN or outside `[0, 1]`.
-
-    Examples:
-        >>> _check_unit(0.5, name="threshold")
-        0.5
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    if not 0.0 <= float(value) <= 1.0:  # False for NaN too
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
-    return float(value)
 
 
 def normalize_affinity(affinity: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -116,7 +104,7 @@ def merge_patches(
     s = check_shape(affinity, "B K N", name="affinity")
     check_shape(patch_masks, "B N H W", name="patch_masks", known={"B": s["B"], "N": s["N"]})
     patch_masks = check_binary(patch_masks, name="patch_masks")
-    threshold = _check_unit(threshold, name="threshold")
+    threshold = check_unit_interval(threshold, name="threshold")
     selected = (normalize_affinity(affinity, padding_mask) > threshold).to(torch.float32)
     flat = rearrange(patch_masks, "b n h w -> b n (h w)").to(torch.float32)
     merged = torch.bmm(selected, flat) > 0
@@ -151,7 +139,7 @@ def merge_boxes(
     """
     s = check_shape(affinity, "B K N", name="affinity")
     check_shape(patch_boxes, "B N 4", name="patch_boxes", known={"B": s["B"], "N": s["N"]})
-    threshold = _check_unit(threshold, name="threshold")
+    threshold = check_unit_interval(threshold, name="threshold")
     fill = torch.tensor(canvas, dtype=patch_boxes.dtype, device=patch_boxes.device)
     if s["N"] == 0:
         return fill.expand(s["B"], s["K"], 4).clone()
@@ -204,7 +192,7 @@ def query_candidates(
     s = check_shape(class_probs, "K T", name="class_probs")
     check_shape(affinity, "K N", name="affinity", known={"K": s["K"]})
     check_probabilities(class_probs, name="class_probs")
-    affinity_threshold = _check_unit(affinity_threshold, name="affinity_threshold")
+    affinity_threshold = check_unit_interval(affinity_threshold, name="affinity_threshold")
     if not 0 <= num_semantic <= s["K"]:
         raise ValueError(f"num_semantic: expected 0..{s['K']} (K), got {num_semantic}")
     if not 0 <= num_things or num_things + num_semantic > s["T"]:
@@ -310,10 +298,10 @@ class PanopticFusion(nn.Module):
         if num_things < 0:
             raise ValueError(f"num_things: expected an int >= 0, got {num_things}")
         self.num_things = num_things
-        self.object_mask_threshold = _check_unit(
+        self.object_mask_threshold = check_unit_interval(
             object_mask_threshold, name="object_mask_threshold"
         )
-        self.overlap_threshold = _check_unit(overlap_threshold, name="overlap_threshold")
+        self.overlap_threshold = check_unit_interval(overlap_threshold, name="overlap_threshold")
         self.max_per_image = check_positive(max_per_image, name="max_per_image")
         self.void_label = void_label
 

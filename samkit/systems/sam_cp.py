@@ -17,13 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from samkit._checks import as_class_names, as_image, check_shape
+from samkit._checks import as_class_names, as_image, check_shape, check_unit_interval
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
 from samkit.modules.merging import (
     PanopticFusion,
-    _check_unit,
     merge_patches,
     query_candidates,
     select_instances,
@@ -475,8 +474,8 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     cfg = resolve_config(
         SAMCPConfig, cfg, overrides, presets={"tiny": SAMCPConfig.tiny}, system="SAM-CP"
     )
-    _check_unit(cfg.affinity_threshold, name="affinity_threshold")
-    _check_unit(cfg.kappa, name="kappa")
+    check_unit_interval(cfg.affinity_threshold, name="affinity_threshold")
+    check_unit_interval(cfg.kappa, name="kappa")
     clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
     proposer = None
     if cfg.build_proposer:

@@ -219,7 +219,7 @@ class TestInputContract:
             shallow_mask_aggregation(sam > 0, text * 0.3)
 
     def test_alpha_is_a_probability(self) -> None:
-        with pytest.raises(ValueError, match=r"^alpha: expected a threshold in \[0, 1\], got 1\.5"):
+        with pytest.raises(ValueError, match=r"^alpha: expected a number in \[0, 1\], got 1\.5"):
             ShallowMaskAggregator(alpha=1.5)
 
     def test_empty_batch(self) -> None:
