@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_torchscript_archive", "read_checkpoint"]
+__all__ = ["is_torchscript_archive", "read_checkpoint", "write_atomic"]
 
 
 def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
@@ -152,3 +153,35 @@ def read_checkpoint(
         raise _unreadable(p, kind, _reason(p, err)) from err
     except Exception as err:
         raise _unreadable(p, kind, _reason(p, err)) from err
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a file so that a reader sees the old file or the whole new one, never a part.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
+    temporary file is renamed over `path` with `os.replace`; the directory is fsynced too where
+    the platform allows it.
+
+    Args:
+        path: The destination file.
+        data: Its complete contents.
+    """
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(p.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

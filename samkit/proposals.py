@@ -38,6 +38,7 @@ from samkit._checks import (
     check_shape,
     check_unit_interval,
 )
+from samkit._io import read_checkpoint, write_atomic
 from samkit.backbones.sam import SamLike
 from samkit.modules.patch_encoder import _group_by_size, _resolve_image_sizes
 from samkit.types import Patches
@@ -224,24 +225,42 @@ def patches_from_records(record: Mapping[str, Any]) -> Patches:
 
 
 def save_patches(patches: Patches, path: str | os.PathLike[str]) -> None:
-    """Write `Patches` to a safetensors file (masks as uint8)."""
-    from safetensors.torch import save_file
+    """Write `Patches` to a safetensors file (masks as uint8), atomically.
 
-    save_file(
+    Args:
+        patches: The patches of one image.
+        path: The destination `.safetensors` file; replaced whole or not at all.
+    """
+    from safetensors.torch import save
+
+    data = save(
         {
             "masks": patches.masks.to("cpu", torch.uint8).contiguous(),
             "boxes": patches.boxes.to("cpu", torch.float32).contiguous(),
             "scores": patches.scores.to("cpu", torch.float32).contiguous(),
-        },
-        str(path),
+        }
     )
+    write_atomic(path, data)
 
 
 def load_patches(path: str | os.PathLike[str]) -> Patches:
-    """Read `Patches` written by `save_patches`."""
-    from safetensors.torch import load_file
+    """Read `Patches` written by `save_patches`.
 
-    d = load_file(str(path))
+    Args:
+        path: A `.safetensors` file written by `save_patches`.
+
+    Returns:
+        The patches.
+
+    Raises:
+        FileNotFoundError: If `path` is not a file.
+        ValueError: If the file is not a readable patches file (the message names it).
+    """
+    kind = "samkit patches file"
+    d = read_checkpoint(path, kind=kind)
+    missing = {"masks", "boxes", "scores"} - set(d) if isinstance(d, dict) else {"masks"}
+    if missing:
+        raise ValueError(f"{path}: not a readable {kind}: missing entries {sorted(missing)}")
     return Patches(masks=d["masks"].bool(), boxes=d["boxes"], scores=d["scores"])
 
 

@@ -23,8 +23,9 @@ Coordinate frames:
   encoder are in this frame. `ImageEmbedding.input_size` is the size of the resized, unpadded
   image inside the square.
 
-Images are float tensors `(B, 3, H, W)` with RGB values in `[0, 1]`; each backbone applies its own
-normalisation.
+Images are tensors `(B, 3, H, W)` of RGB values: float in `[0, 1]` (any float dtype), or uint8 in
+`0..255`, divided by 255 at every entry point (`samkit._checks.as_image`); each backbone applies
+its own normalisation.
 """
 
 from __future__ import annotations

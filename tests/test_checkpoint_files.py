@@ -19,6 +19,7 @@ from torch import nn
 from samkit._io import read_checkpoint
 from samkit.backbones.clip import build_clip_backbone
 from samkit.backbones.sam import build_sam_backbone
+from samkit.proposals import load_patches
 from samkit.systems.ssp_sam import SSPSAM, build_ssp_sam
 from samkit.systems.ssp_sam_official import load_official_ssp_sam
 from tests._examples import load_example
@@ -99,6 +100,7 @@ LOADERS: dict[str, tuple[str, str]] = {
     "sam-mi-optim": ("SAM-MI resume state", "last_optim.pt"),
     "ssp-sam-model": ("SSP-SAM resume state", "model.safetensors"),
     "ssp-sam-state": ("SSP-SAM resume state", "state.pt"),
+    "patches": ("samkit patches file", "patches.safetensors"),
 }
 
 
@@ -110,6 +112,8 @@ def loader_for(case: str, ssp_sam: SSPSAM) -> Loader:
         return lambda p: build_clip_backbone("tiny", checkpoint=p)
     if case == "ssp-sam-official":
         return lambda p: load_official_ssp_sam(p, config="tiny")
+    if case == "patches":
+        return load_patches
     if case.startswith("sam-cp"):
         return _resume_sam_cp()
     if case.startswith("sam-mi"):

@@ -210,3 +210,24 @@ class TestInputContract:
             assert batch[i].image_size == (h, w)
             assert torch.equal(batch[i].masks, alone.masks)
             torch.testing.assert_close(batch[i].scores, alone.scores)
+
+
+def test_save_patches_is_atomic(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A write that fails midway leaves the previous file whole and no temporary file behind."""
+    from samkit import _io
+    from samkit.proposals import save_patches
+
+    path = tmp_path / "p.safetensors"
+    first = patches_from_masks(torch.ones(1, 4, 4))
+    save_patches(first, path)
+    before = path.read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save_patches(patches_from_masks(torch.zeros(3, 4, 4)), path)
+    assert path.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["p.safetensors"]
+    torch.testing.assert_close(load_patches(path).masks, first.masks)
