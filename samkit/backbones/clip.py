@@ -169,16 +169,8 @@ class ClipBackbone(nn.Module):
 
     # ------------------------------------------------------------------ images
     def _images(self, images: Tensor) -> Tensor:
-        """The image contract: `as_image` (uint8 -> [0, 1], range and finiteness checked).
-
-        Under `torch.compile` the value checks (a device sync) are skipped, so graphs stay whole.
-        """
-        dtype = self.pixel_mean.dtype
-        if torch.compiler.is_compiling():
-            check_shape(images, "B 3 H W", name="images")
-            images = images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
-        else:
-            images = as_image(images, name="images", dtype=dtype)
+        """The image contract: `as_image` (uint8 -> [0, 1], range and finiteness checked)."""
+        images = as_image(images, name="images", dtype=self.pixel_mean.dtype)
         if images.shape[-2] < self.patch_size or images.shape[-1] < self.patch_size:
             raise ValueError(
                 f"images: expected H, W >= patch size {self.patch_size}, got {tuple(images.shape)}"

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from samkit._checks import check_shape
+from samkit._checks import check_binary, check_shape
 from samkit.losses.box import box_l1_loss, giou_loss
-from samkit.losses.segmentation import _binary, _reduce, dice_loss, sigmoid_focal_loss
+from samkit.losses.segmentation import _reduce, dice_loss, sigmoid_focal_loss
 from samkit.types import ReferringLossTerms
 
 __all__ = ["ReferringLoss", "referring_loss"]
@@ -98,7 +98,7 @@ def referring_loss(
     else:
         msizes = check_shape(mask_logits, "B 1 H W", name="mask_logits", known=sizes)
         check_shape(mask_targets, "B 1 H W", name="mask_targets", known=msizes)
-        targets = _binary(mask_targets, name="mask_targets")
+        targets = check_binary(mask_targets, name="mask_targets")
         dice = dice_loss(mask_logits, targets)
         focal = sigmoid_focal_loss(mask_logits, targets, alpha=focal_alpha, gamma=focal_gamma)
     total = dice_weight * dice + focal_weight * focal + l1_weight * l1 + giou_weight * giou
@@ -108,7 +108,7 @@ def referring_loss(
             raise ValueError("referring_loss: presence_logits need has_target")
         check_shape(presence_logits, "B", name="presence_logits", known=sizes)
         check_shape(has_target, "B", name="has_target", known=sizes)
-        target = _binary(has_target, name="has_target")
+        target = check_binary(has_target, name="has_target")
         logits = (
             presence_logits.float() if presence_logits.dtype != torch.float64 else presence_logits
         )

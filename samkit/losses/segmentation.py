@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
-from samkit._checks import as_float, check_binary, check_probabilities
+from samkit._checks import as_float, check_probabilities
 
 __all__ = [
     "DiceLoss",
@@ -46,21 +46,11 @@ def _loss_dtype(x: Tensor) -> torch.dtype:
 
 
 def _targets(targets: Tensor, *, name: str, dtype: torch.dtype) -> Tensor:
-    """Targets in `[0, 1]` (bool, integer 0/1 or float) as `dtype`.
-
-    The value check reads the data; it is skipped while `torch.compile` traces.
-    """
+    """Targets in `[0, 1]` (bool, integer 0/1 or float) as `dtype`."""
     t = targets.to(dtype)
-    if targets.dtype != torch.bool and not torch.compiler.is_compiling():
+    if targets.dtype != torch.bool:
         check_probabilities(t, name=name)
     return t
-
-
-def _binary(x: Tensor, *, name: str) -> Tensor:
-    """`check_binary`, skipped (plain `x != 0`) while `torch.compile` traces."""
-    if torch.compiler.is_compiling():
-        return x if x.dtype == torch.bool else x != 0
-    return check_binary(x, name=name)
 
 
 def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
