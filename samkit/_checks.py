@@ -300,19 +300,22 @@ def check_probabilities(x: Tensor, *, name: str) -> Tensor:
     return x
 
 
-def as_class_names(names: str | Sequence[str], *, name: str = "class_names") -> list[str]:
+def as_class_names(
+    names: str | Sequence[str], *, name: str = "class_names", allow_empty: bool = False
+) -> list[str]:
     """Return class names as a list; a single `str` is one class, not its characters.
 
     Args:
-        names: One class name, or a sequence of them.
+        names: One class name, or a sequence of them (also texts, e.g. one expression per image).
         name: What the argument is called in error messages.
+        allow_empty: Accept an empty sequence (for per-image texts of an empty batch).
 
     Returns:
-        A non-empty list of the names.
+        The names as a list, non-empty unless `allow_empty`.
 
     Raises:
         TypeError: If `names` is neither a `str` nor a sequence of `str`.
-        ValueError: If no name is given (T=0).
+        ValueError: If no name is given (T=0) and `allow_empty` is False.
 
     Examples:
         >>> as_class_names("cat")
@@ -328,7 +331,7 @@ def as_class_names(names: str | Sequence[str], *, name: str = "class_names") -> 
         raise TypeError(
             f"{name}: expected a sequence of str, got an element of type {type(bad[0]).__name__}"
         )
-    if not out:
+    if not out and not allow_empty:
         raise ValueError(f"{name}: expected at least one class name (T >= 1), got none")
     return out
 

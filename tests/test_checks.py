@@ -140,6 +140,9 @@ def test_as_class_names() -> None:
         as_class_names([])
     with pytest.raises(TypeError, match="element of type int"):
         as_class_names(["cat", 3])  # type: ignore[list-item]
+    assert as_class_names([], name="expressions", allow_empty=True) == []
+    with pytest.raises(TypeError, match="expressions: expected a str or a sequence of str"):
+        as_class_names(3, name="expressions", allow_empty=True)  # type: ignore[arg-type]
 
 
 def test_check_positive() -> None:

@@ -97,10 +97,6 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
     return inter / (counts.sum(dim=1, keepdim=True) + eps)
 
 
-def _check_alpha(alpha: float) -> None:
-    check_unit_interval(alpha, name="alpha")
-
-
 def match_masks_to_text(
     sam_masks: Tensor, text_masks: Tensor, *, alpha: float = 0.5, eps: float = 1e-6
 ) -> Tensor:
@@ -129,7 +125,7 @@ def match_masks_to_text(
         >>> match_masks_to_text(sam, text).tolist()
         [0, 1]
     """
-    _check_alpha(alpha)
+    check_unit_interval(alpha, name="alpha")
     overlap = mask_text_overlap(sam_masks, text_masks, eps=eps)
     if overlap.shape[1] == 0:
         return torch.full((overlap.shape[0],), -1, dtype=torch.long, device=overlap.device)
@@ -241,7 +237,7 @@ class ShallowMaskAggregator(nn.Module):
             eps: Denominator guard of eq. 6.
         """
         super().__init__()
-        _check_alpha(alpha)
+        check_unit_interval(alpha, name="alpha")
         self.alpha, self.eps = alpha, eps
 
     def forward(self, sam_masks: Tensor, text_masks: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from samkit._checks import as_image
+from samkit._checks import as_class_names, as_image
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
 from samkit.metrics.referring import has_target_from_mask
@@ -353,16 +353,7 @@ class SSPSAM(nn.Module):
 
 def _as_expressions(expressions: str | Sequence[str]) -> list[str]:
     """One `str` is one expression; otherwise a sequence of `str` (empty for `B = 0`)."""
-    if isinstance(expressions, str):
-        return [expressions]
-    out = list(expressions)
-    bad = [e for e in out if not isinstance(e, str)]
-    if bad:
-        raise TypeError(
-            f"expressions: expected a str or a sequence of str, got an element of type "
-            f"{type(bad[0]).__name__}"
-        )
-    return out
+    return as_class_names(expressions, name="expressions", allow_empty=True)
 
 
 def _resolve(cfg: SSPSAMConfig | dict | str | None, overrides: dict[str, Any]) -> SSPSAMConfig:
