@@ -16,6 +16,7 @@ The other helpers turn what users pass into what the modules compute on, or rais
 * `as_class_names`: one `str` is one class; a sequence must hold at least one `str`.
 * `check_positive`: sizes and counts that must be `>= 1`.
 * `check_unit_interval`: thresholds and weights that must lie in `[0, 1]`.
+* `resolve_image_sizes`: the true sizes of images padded into one batch.
 
 Checks that read tensor values (range, binary, probabilities) are skipped while
 `torch.compile` traces, so the checked entry points compile with `fullgraph=True`; the eager call
@@ -41,6 +42,7 @@ __all__ = [
     "check_same_device",
     "check_shape",
     "check_unit_interval",
+    "resolve_image_sizes",
 ]
 
 IMAGE_RANGE_TOLERANCE = 1e-3
@@ -388,3 +390,40 @@ def check_unit_interval(value: float, *, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:  # False for NaN too
         raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
     return float(value)
+
+
+def resolve_image_sizes(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """The true `(h, w)` of each image of a padded batch `(B, 3, H, W)`; default all `(H, W)`.
+
+    Images of different sizes travel in one batch padded bottom/right to the canvas `(H, W)`;
+    `image_sizes` gives each image's own size.
+
+    Args:
+        images: The padded batch.
+        image_sizes: `B` sizes `(h, w)` with `1 <= h <= H`, `1 <= w <= W`, or `None`.
+
+    Returns:
+        A list of `B` `(h, w)` int tuples.
+
+    Raises:
+        ValueError: If `image_sizes` has the wrong length or a size outside the canvas.
+
+    Examples:
+        >>> resolve_image_sizes(torch.zeros(2, 3, 8, 6), [(8, 6), (5, 4)])
+        [(8, 6), (5, 4)]
+    """
+    b, (h, w) = images.shape[0], images.shape[-2:]
+    if image_sizes is None:
+        return [(int(h), int(w))] * b
+    sizes = [tuple(int(v) for v in hw) for hw in image_sizes]
+    if len(sizes) != b:
+        raise ValueError(f"image_sizes: expected {b} (h, w) pairs, got {len(sizes)}")
+    for i, hw in enumerate(sizes):
+        if len(hw) != 2 or not (1 <= hw[0] <= h and 1 <= hw[1] <= w):
+            raise ValueError(
+                f"image_sizes[{i}]: expected (h, w) with 1 <= h <= {h} and 1 <= w <= {w} "
+                f"(the padded canvas), got {tuple(image_sizes[i])}"
+            )
+    return [(hw[0], hw[1]) for hw in sizes]

@@ -37,10 +37,11 @@ from samkit._checks import (
     check_positive,
     check_shape,
     check_unit_interval,
+    resolve_image_sizes,
 )
 from samkit._io import read_checkpoint, write_atomic
 from samkit.backbones.sam import SamLike
-from samkit.modules.patch_encoder import _group_by_size, _resolve_image_sizes
+from samkit.modules.patch_encoder import _group_by_size
 from samkit.types import Patches
 
 __all__ = [
@@ -406,7 +407,7 @@ class SamPatchProposer(nn.Module):
             ValueError: On a bad shape, out-of-range pixels or bad `image_sizes`.
         """
         images = as_image(images, name="images")
-        sizes = _resolve_image_sizes(images, image_sizes)
+        sizes = resolve_image_sizes(images, image_sizes)
         out: list[Patches | None] = [None] * len(sizes)
         for (h, w), idx in _group_by_size(sizes).items():
             crop = images[idx, :, :h, :w]

@@ -15,6 +15,7 @@ from samkit._checks import (
     check_same_device,
     check_shape,
     check_unit_interval,
+    resolve_image_sizes,
 )
 
 
@@ -157,3 +158,13 @@ def test_check_unit_interval() -> None:
         check_unit_interval(float("nan"), name="threshold")
     with pytest.raises(TypeError, match="kappa: expected a number in"):
         check_unit_interval(True, name="kappa")
+
+
+def test_resolve_image_sizes() -> None:
+    images = torch.zeros(2, 3, 8, 6)
+    assert resolve_image_sizes(images, None) == [(8, 6), (8, 6)]
+    assert resolve_image_sizes(images, [(8, 6), (5, 4)]) == [(8, 6), (5, 4)]
+    with pytest.raises(ValueError, match=r"image_sizes: expected 2 \(h, w\) pairs, got 1"):
+        resolve_image_sizes(images, [(8, 6)])
+    with pytest.raises(ValueError, match=r"image_sizes\[1\]: expected \(h, w\) with 1 <= h <= 8"):
+        resolve_image_sizes(images, [(8, 6), (9, 4)])

@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork, roi_align
 
-from samkit._checks import as_image, check_shape
+from samkit._checks import as_image, check_shape, resolve_image_sizes
 
 __all__ = [
     "PatchEncoder",
@@ -88,40 +88,6 @@ def roi_levels(boxes: Tensor, *, num_levels: int, finest_scale: float = 56.0) ->
     scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
     lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return lvl.clamp(0, num_levels - 1).long()
-
-
-def _resolve_image_sizes(
-    images: Tensor, image_sizes: Sequence[tuple[int, int]] | None
-) -> list[tuple[int, int]]:
-    """The true `(h, w)` of each image of a padded batch `(B, 3, H, W)`; default all `(H, W)`.
-
-    Args:
-        images: The padded batch.
-        image_sizes: `B` sizes `(h, w)` with `1 <= h <= H`, `1 <= w <= W`, or `None`.
-
-    Returns:
-        A list of `B` `(h, w)` int tuples.
-
-    Raises:
-        ValueError: If `image_sizes` has the wrong length or a size outside the canvas.
-
-    Examples:
-        >>> _resolve_image_sizes(torch.zeros(2, 3, 8, 6), [(8, 6), (5, 4)])
-        [(8, 6), (5, 4)]
-    """
-    b, (h, w) = images.shape[0], images.shape[-2:]
-    if image_sizes is None:
-        return [(int(h), int(w))] * b
-    sizes = [tuple(int(v) for v in hw) for hw in image_sizes]
-    if len(sizes) != b:
-        raise ValueError(f"image_sizes: expected {b} (h, w) pairs, got {len(sizes)}")
-    for i, hw in enumerate(sizes):
-        if len(hw) != 2 or not (1 <= hw[0] <= h and 1 <= hw[1] <= w):
-            raise ValueError(
-                f"image_sizes[{i}]: expected (h, w) with 1 <= h <= {h} and 1 <= w <= {w} "
-                f"(the padded canvas), got {tuple(image_sizes[i])}"
-            )
-    return [(hw[0], hw[1]) for hw in sizes]
 
 
 def _group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
@@ -199,7 +165,7 @@ def pyramid_features(
     images = as_image(
         images, name="images", dtype=images.dtype if images.is_floating_point() else None
     )
-    sizes = _resolve_image_sizes(images, image_sizes)
+    sizes = resolve_image_sizes(images, image_sizes)
     h, w = images.shape[-2:]
     groups = _group_by_size(sizes)
     if len(groups) <= 1 and all(hw == (h, w) for hw in sizes):

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from samkit._checks import as_class_names, as_image, check_shape, check_unit_interval
+from samkit._checks import (
+    as_class_names,
+    as_image,
+    check_shape,
+    check_unit_interval,
+    resolve_image_sizes,
+)
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
@@ -32,7 +38,6 @@ from samkit.modules.patch_encoder import (
     ResNetFPN,
     TimmFPN,
     TinyFeaturePyramid,
-    _resolve_image_sizes,
     pyramid_features,
 )
 from samkit.proposals import SamPatchProposer, pad_patches
@@ -265,7 +270,7 @@ class SAMCP(nn.Module):
         if len(patches) != s["B"]:
             raise ValueError(f"patches: expected {s['B']} Patches, got {len(patches)}")
         names, num_things = self._resolve_classes(class_names, num_things)
-        sizes = _resolve_image_sizes(images, image_sizes)
+        sizes = resolve_image_sizes(images, image_sizes)
         _check_patch_sizes(patches, sizes, image_sizes is None)
         canvas = (s["H"], s["W"])
         num_sem = len(names) - num_things
@@ -344,7 +349,7 @@ class SAMCP(nn.Module):
             ValueError: On bad inputs, as in `forward`.
         """
         images = as_image(images, name="images", dtype=self._dtype())
-        sizes = _resolve_image_sizes(images, image_sizes)
+        sizes = resolve_image_sizes(images, image_sizes)
         names, num_things = self._resolve_classes(class_names, num_things)
         if patches is None:
             if self.proposer is None:
