@@ -23,7 +23,7 @@ from samkit._io import read_checkpoint
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 # Tensors that OpenAI's `convert_weights` (and open_clip's `convert_weights_to_lp`) make float16:
 # weights and biases of convolutions, linear layers and attentions, and the two projections.
-_OPENAI_HALF_SUFFIXES = (
+_OPENAI_HALF_KEYS = (
     "conv1.weight",
     "attn.in_proj_weight",
     "attn.in_proj_bias",
@@ -33,8 +33,9 @@ _OPENAI_HALF_SUFFIXES = (
     "mlp.c_fc.bias",
     "mlp.c_proj.weight",
     "mlp.c_proj.bias",
+    "visual.proj",
+    "text_projection",
 )
-_OPENAI_HALF_PROJECTIONS = ("visual.proj", "text_projection")
 # Class names of the MLP activation modules in open_clip's and OpenAI's code.
 _ACTIVATIONS = ("QuickGELU", "GELU")
 
@@ -125,18 +126,11 @@ def _precision_evidence(state: dict[str, Tensor]) -> tuple[bool | None, str, boo
     matrices still hold float16 values. open_clip trains in float32, so its matrices do not.
     Weights that also fit bfloat16 (8 significant bits; a cast to bfloat16) are no evidence.
     """
-    half = [
-        v
-        for k, v in state.items()
-        if v.is_floating_point()
-        and (k.endswith(_OPENAI_HALF_SUFFIXES) or k.endswith(_OPENAI_HALF_PROJECTIONS))
-    ]
-    rest = [
-        v
-        for k, v in state.items()
-        if v.is_floating_point()
-        and not (k.endswith(_OPENAI_HALF_SUFFIXES) or k.endswith(_OPENAI_HALF_PROJECTIONS))
-    ]
+    half: list[Tensor] = []  # the tensors OpenAI stored in float16
+    rest: list[Tensor] = []  # the other floating tensors (float32 in OpenAI's release)
+    for k, v in state.items():
+        if v.is_floating_point():
+            (half if k.endswith(_OPENAI_HALF_KEYS) else rest).append(v)
     if not half or not rest:
         return None, "it does not have OpenAI's layout", True
     if all(_fits(v, torch.bfloat16) for v in half):  # 8 significant bits: not OpenAI's float16
