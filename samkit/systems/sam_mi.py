@@ -68,7 +68,7 @@ class SAMMIConfig:
     lambda_mse: float = 0.5  # weight of L_mse in L_tspp
     lambda_tspp: float = 0.1  # weight of L_tspp in stage 2
     sampling: Literal["bernoulli", "deterministic"] = "bernoulli"  # TSPP point sampling rule
-    sample_seed: int | None = 0  # seed of the Bernoulli draws per forward (None: global RNG)
+    sample_seed: int | None = 0  # seed of each image's Bernoulli draws (None: global RNG)
     tspp_dim: int = 64  # TSPP hidden width [open]
     tspp_heads: int = 4  # TSPP class-attention heads [open]
     tspp_reduction: Literal["max", "mean"] = "max"  # class -> cell probability reduction [open]
@@ -231,15 +231,23 @@ class SAMMI(nn.Module):
         if cfg.prompting == "grid" or tspp is None:
             pts = grid_points(cfg.grid, input_size, device=device).expand(batch, -1, -1)
             return pts, torch.ones(pts.shape[:2], dtype=torch.bool, device=device)
-        gen = None
-        if cfg.sample_seed is not None:
-            gen = torch.Generator(device=device).manual_seed(cfg.sample_seed)
-        return sample_points(
-            tspp.prob,
-            input_size,
-            generator=gen,
-            deterministic=cfg.sampling == "deterministic",
-        )
+        seed = cfg.sample_seed
+        if cfg.sampling == "deterministic" or seed is None or tspp.prob.shape[0] == 0:
+            return sample_points(
+                tspp.prob, input_size, deterministic=cfg.sampling == "deterministic"
+            )
+        # seeded draws per image, so an image's points do not depend on the rest of its batch
+        drawn = []
+        for prob in tspp.prob.split(1):
+            gen = torch.Generator(device=device).manual_seed(seed)
+            drawn.append(sample_points(prob, input_size, generator=gen))
+        n = max(p.shape[1] for p, _ in drawn)
+        points = drawn[0][0].new_zeros(len(drawn), n, 2)
+        valid = torch.zeros(len(drawn), n, dtype=torch.bool, device=device)
+        for i, (p, v) in enumerate(drawn):
+            points[i, : p.shape[1]] = p
+            valid[i, : v.shape[1]] = v
+        return points, valid
 
     def forward(self, images: Tensor, class_names: str | Sequence[str]) -> SAMMIOutput:
         """Segment `images` into `class_names`.
@@ -320,6 +328,11 @@ class SAMMI(nn.Module):
             raise ValueError("stage 1 trains TSPP, but this SAM-MI has no prompter")
         self.requires_grad_(False)
         self.clip.set_trainable("none" if stage == 1 else cfg.clip_finetune)
+        # CLIP's contrastive temperature is never used here: trainable, it would get no gradient
+        for name in ("logit_scale", "logit_bias"):
+            unused = getattr(self.clip.model, name, None)
+            if isinstance(unused, nn.Parameter):
+                unused.requires_grad_(False)
         groups: list[dict[str, Any]] = []
         if self.tspp is not None:
             self.tspp.requires_grad_(True)
