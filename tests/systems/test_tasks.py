@@ -452,3 +452,42 @@ def test_sam_mi_vocabulary_errors(mi_data: Any) -> None:
     other = SAMMITask(model, class_names=CLASS_NAMES).collate([mi_data[0]])
     with pytest.raises(ValueError, match="batch.class_names: expected the task's 2 classes"):
         small.training_step(other, 1)
+
+
+def test_sam_cp_crowd_segments_are_no_targets_and_crowd_flags_reach_mask_ap(
+    cp_data: Any,
+) -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = build_sam_cp(
+        "tiny", build_proposer=False, object_mask_threshold=0.0, affinity_threshold=0.0
+    )
+    task = _cp_task(model)
+    batch = task.collate([cp_data[0], cp_data[1]])
+    # the data readers' Segment has `iscrowd`; mark segment 0 of image 0 as a crowd
+    segments = [list(s) for s in batch.segments]
+    segments[0][0] = SimpleNamespace(**dataclasses.asdict(segments[0][0]), iscrowd=True)
+    crowd = dataclasses.replace(batch, segments=segments)
+    without = dataclasses.replace(
+        batch,
+        segments=[segments[0][1:], segments[1]],
+        segment_masks=[batch.segment_masks[0][1:], batch.segment_masks[1]],
+        segment_classes=[batch.segment_classes[0][1:], batch.segment_classes[1]],
+    )
+    model.train()
+    torch.manual_seed(1)
+    got = task.training_step(crowd, 0)["loss"]
+    torch.manual_seed(1)
+    ref = task.training_step(without, 0)["loss"]
+    assert torch.allclose(got, ref, atol=1e-6)
+
+    model.eval()
+    preds = task.predict(batch)
+    plain, flagged = task.metrics(), task.metrics()
+    task.update_metrics(plain, preds, batch)
+    batch.instance_iscrowd = [torch.ones(len(m), dtype=torch.bool) for m in batch.instance_masks]  # type: ignore[attr-defined]
+    task.update_metrics(flagged, preds, batch)
+    assert task.summarize(plain)["mask_ap"] > 0
+    assert task.summarize(flagged)["mask_ap"] == -1.0  # every ground truth is a crowd
