@@ -193,6 +193,26 @@ class SAMCPTask:
             num_things=self.num_things,
         )
 
+    def infer(self, images: Tensor, texts: Sequence[str] | None = None) -> list[PanopticResult]:
+        """Results for images without annotations (patches from the system's SAM proposer).
+
+        Args:
+            images: `(B, 3, H, W)` RGB, float in `[0, 1]` or uint8.
+            texts: Not used by SAM-CP (must be `None`).
+
+        Raises:
+            ValueError: If `texts` is given or the model has no SAM proposer.
+        """
+        if texts is not None:
+            raise ValueError("texts: SAM-CP takes no expressions; its vocabulary is class_names")
+        if self.model.proposer is None:
+            raise ValueError(
+                "SAM-CP needs its SAM proposer to run on images without patches: build it with "
+                "build_proposer=True"
+            )
+        images = images.to(model_device(self.model))
+        return self.model.predict(images, None, list(self.class_names), num_things=self.num_things)
+
     def metrics(self) -> dict[str, Metric]:
         """`pq` (PanopticQuality), `semantic` (SemanticIoU) and `mask_ap` (MaskAP)."""
         names, things = self.class_names, self.num_things

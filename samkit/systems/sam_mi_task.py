@@ -203,9 +203,23 @@ class SAMMITask:
     # ------------------------------------------------------------------ evaluation
     def predict(self, batch: SemanticBatch) -> list[SAMMIPrediction]:
         """Class logits resized (bilinear) to the images, argmax; and the sampled points."""
-        batch = to_device(batch, model_device(self.model))
-        out = self.model(batch.images, list(self.class_names))
-        logits = F.interpolate(out.logits, size=batch.images.shape[-2:], mode="bilinear")
+        return self.infer(batch.images)
+
+    def infer(self, images: Tensor, texts: Sequence[str] | None = None) -> list[SAMMIPrediction]:
+        """Predictions for images without annotations (see `predict`).
+
+        Args:
+            images: `(B, 3, H, W)` RGB, float in `[0, 1]` or uint8.
+            texts: Not used by SAM-MI (must be `None`).
+
+        Raises:
+            ValueError: If `texts` is given.
+        """
+        if texts is not None:
+            raise ValueError("texts: SAM-MI takes no expressions; its vocabulary is class_names")
+        images = images.to(model_device(self.model))
+        out = self.model(images, list(self.class_names))
+        logits = F.interpolate(out.logits, size=images.shape[-2:], mode="bilinear")
         labels = logits.argmax(1)
         return [
             SAMMIPrediction(semantic=labels[i], points=out.points[i][out.point_valid[i]])

@@ -116,7 +116,7 @@ class SSPSAMTask:
         self,
         model: SSPSAM,
         *,
-        class_names: Sequence[str] = (),
+        class_names: Sequence[str] | None = None,
         num_things: int = 0,
         train_decoder: bool = True,
         dice_weight: float = 4.0,
@@ -146,7 +146,7 @@ class SSPSAMTask:
         if not isinstance(model, SSPSAM):
             raise TypeError(f"model: expected an SSPSAM, got {type(model).__name__}")
         self.model = model
-        self.class_names = tuple(class_names)
+        self.class_names = tuple(class_names or ())
         self.num_things = num_things
         self.train_decoder = train_decoder
         self.criterion = ReferringLoss(
@@ -215,10 +215,13 @@ class SSPSAMTask:
 
     def forward(self, batch: ReferringBatch, *, upsample: bool) -> ReferringOutput:
         """Run SSP-SAM on a batch (images encoded once per distinct image)."""
-        clip, emb = self.encode_images(batch.images)
+        return self._run(batch.images, batch.texts, upsample=upsample)
+
+    def _run(self, images: Tensor, texts: Sequence[str], *, upsample: bool) -> ReferringOutput:
+        clip, emb = self.encode_images(images)
         return self.model(
             None,
-            text=self.encode_text(batch.texts),
+            text=self.encode_text(texts),
             clip_features=clip,
             sam_embeddings=emb,
             upsample=upsample,
@@ -270,8 +273,28 @@ class SSPSAMTask:
     # ------------------------------------------------------------------ evaluation
     def predict(self, batch: ReferringBatch) -> list[ReferringPrediction]:
         """The mask at the image's size and the no-target decision of every expression."""
-        batch = to_device(batch, model_device(self.model))
-        out = self.forward(batch, upsample=True)
+        return self.infer(batch.images, batch.texts)
+
+    def infer(
+        self, images: Tensor, texts: Sequence[str] | None = None
+    ) -> list[ReferringPrediction]:
+        """Answers for images without annotations: expression `k` refers into `images[k]`.
+
+        Args:
+            images: `(B, 3, H, W)` RGB, float in `[0, 1]` or uint8, one per expression (repeat
+                an image for several expressions; it is encoded once).
+            texts: `B` expressions.
+
+        Raises:
+            ValueError: If `texts` is missing or does not hold one expression per image.
+        """
+        if texts is None or len(texts) != images.shape[0]:
+            got = "none" if texts is None else len(texts)
+            raise ValueError(
+                f"texts: expected one expression per image ({images.shape[0]}), got {got}"
+            )
+        images = images.to(model_device(self.model))
+        out = self._run(images, list(texts), upsample=True)
         assert out.logits is not None
         masks = out.logits[:, 0] > 0
         return [
