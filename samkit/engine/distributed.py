@@ -23,10 +23,12 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed() -> bool:
+def init_distributed(backend: str | None = None) -> bool:
     """Join the process group `torchrun` describes in the environment (no-op without it).
 
-    Uses NCCL when CUDA is available (each process on `cuda:LOCAL_RANK`), gloo otherwise.
+    Args:
+        backend: None picks NCCL when CUDA is available (each process on `cuda:LOCAL_RANK`)
+            and gloo otherwise; `"gloo"` forces CPU-style communication.
 
     Returns:
         True when a process group is initialised (now or before), False for a single process.
@@ -37,11 +39,11 @@ def init_distributed() -> bool:
         return False
     if int(os.environ["WORLD_SIZE"]) <= 1:
         return False
-    if torch.cuda.is_available():
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    dist.init_process_group(backend)
     return True
 
 

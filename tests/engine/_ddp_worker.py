@@ -27,6 +27,7 @@ def ddp_config(**kw: Any) -> TrainConfig:
         keep_last=None,
         seed=5,
         progress=False,
+        device="cpu",  # gloo, also where CUDA is present
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -42,7 +43,7 @@ def run(rank: int, tmp: str, port: int) -> None:
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
-    assert distributed.init_distributed()
+    assert distributed.init_distributed(backend="gloo")
     assert (distributed.rank(), distributed.world_size()) == (rank, WORLD)
     root = Path(tmp)
     out = root / ("run" if rank == 0 else "rank1")  # rank 1 must create nothing there
@@ -60,7 +61,7 @@ def run(rank: int, tmp: str, port: int) -> None:
 
     # (b) standalone evaluation of an odd number of samples, shards without padding
     results["eval"] = evaluate(
-        task, ToyData(7, seed=9, augment=False), batch_size=2, progress=False
+        task, ToyData(7, seed=9, augment=False), batch_size=2, device="cpu", progress=False
     )
 
     # a trainable parameter that gets no gradient: a clear error on every rank, no hang
