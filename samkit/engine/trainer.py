@@ -384,10 +384,7 @@ class Trainer:
         if self.main:
             save_checkpoint(self.out_dir, state, keep_last=self.config.keep_last)
 
-    def _read_resume_state(self) -> tuple[Path, dict[str, Any]] | None:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            return None
+    def _read_resume_state(self, path: Path) -> tuple[Path, dict[str, Any]]:
         state = load_checkpoint(path)
         missing = [
             k
@@ -440,14 +437,21 @@ class Trainer:
             FloatingPointError: If a logged loss is not finite.
         """
         config, task = self.config, self.task
+        # rank 0 looks at the run directory; every rank acts on its answer (no rank may
+        # raise or resume alone: the others would wait in a collective forever)
+        found: str | None = None
         if self.main:
-            if not resume and latest_checkpoint(self.out_dir) is not None:
-                raise FileExistsError(
-                    f"{self.out_dir / 'checkpoints'} already holds checkpoints: pass "
-                    "resume=True to continue that run, or choose another out_dir"
-                )
-            remove_stale_temporaries(self.out_dir)
-        loaded = self._read_resume_state() if resume else None
+            latest = latest_checkpoint(self.out_dir)
+            found = None if latest is None else str(latest)
+            if resume or latest is None:
+                remove_stale_temporaries(self.out_dir)
+        found = dist_utils.broadcast_object(found)
+        if found is not None and not resume:
+            raise FileExistsError(
+                f"{self.out_dir / 'checkpoints'} already holds checkpoints: pass "
+                "resume=True to continue that run, or choose another out_dir"
+            )
+        loaded = self._read_resume_state(Path(found)) if resume and found else None
         torch.manual_seed(config.seed + self.rank)
         random.seed(config.seed + self.rank)
         np.random.seed((config.seed + self.rank) % 2**32)

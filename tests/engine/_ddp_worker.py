@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,26 @@ def run(rank: int, tmp: str, port: int) -> None:
         results["unused"] = ""
     except RuntimeError as err:
         results["unused"] = str(err)
+
+    # an existing run without resume=True: refused on every rank (rank 1 has no files)
+    try:
+        Trainer(make_task(0), ToyData(10), ddp_config(), out / "a").fit()
+        results["exists"] = ""
+    except FileExistsError as err:
+        results["exists"] = str(err)
+
+    # resume under DDP with dropout and jitter (per-rank RNG streams) is bit-exact too
+    config = ddp_config(steps=3)
+    task = make_task(0)
+    Trainer(task, ToyData(10), config, out / "e").fit()
+    results["e"] = params(task)
+    if rank == 0:
+        shutil.copytree(out / "e", out / "f")
+        (out / "f" / "checkpoints" / "step_000000003.pt").unlink()
+    dist.barrier()
+    task = make_task(1)
+    Trainer(task, ToyData(10), config, out / "f").fit(resume=True)
+    results["f"] = params(task)
 
     gathered = distributed.all_gather_object(results)
     if rank == 0:

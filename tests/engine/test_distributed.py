@@ -88,3 +88,12 @@ def test_parameter_without_gradient_fails_clearly_on_every_rank(ddp: Any) -> Non
     _, ranks = ddp
     for rank in ranks:
         assert "got no gradient from training_step: unused" in rank["unused"]
+
+
+def test_refusal_and_resume_are_decided_for_every_rank(ddp: Any) -> None:
+    _, ranks = ddp
+    for rank in ranks:
+        assert "already holds checkpoints" in rank["exists"]
+        for name, value in rank["e"].items():  # resumed at step 2 of 3, dropout on
+            assert torch.equal(rank["f"][name], value), name
+    assert not torch.equal(ranks[0]["e"]["head.weight"], ranks[0]["a"]["head.weight"])
