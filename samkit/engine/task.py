@@ -65,9 +65,13 @@ class Task(Protocol):
     def training_step(self, batch: Any, stage: int) -> Mapping[str, Tensor]:
         """Losses of one batch with gradients; `"loss"` is the one to minimise.
 
-        Called in training mode under the engine's autocast; when distributed, inside the
-        forward of the DDP wrapper, so calling `self.model` and its submodules here is
-        enough for gradient synchronisation.
+        Called in training mode under the engine's autocast, with `batch` moved to the
+        training device (tensors, containers, dataclasses and objects with `.to(device)`);
+        when distributed, inside the forward of the DDP wrapper, so calling `self.model` and
+        its submodules here is enough for gradient synchronisation. Every parameter with
+        `requires_grad=True` must get a gradient (the engine names those that do not). Random
+        draws may use the global RNGs (checkpoints restore them); `collate` should not, since
+        it runs in the DataLoader workers.
         """
 
     def predict(self, batch: Any) -> list[Any]:

@@ -1,0 +1,70 @@
+"""Evaluation of a task's model over a data set, sharded across ranks without padding."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from samkit.engine._data import eval_shard, move_to_device
+from samkit.engine.distributed import is_main_process, rank, world_size
+from samkit.engine.task import Task
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    task: Task,
+    data: Dataset,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run `task.predict` over `data`, update fresh metrics, sync them, summarize.
+
+    When a process group is initialised, rank `r` of `W` evaluates samples `r, r + W, ...`
+    (no padding, so no sample is counted twice) and every metric's `sync()` merges the ranks;
+    every rank must call this function and gets the same result.
+
+    Args:
+        task: The task; `task.model` is moved to `device` and run in eval mode under `no_grad`
+            (its training mode is restored afterwards).
+        data: The evaluation data set (samples that `task.collate` batches).
+        batch_size: Samples per batch.
+        device: Where the model runs; batches are moved there.
+        num_workers: DataLoader worker processes.
+        progress: Show a tqdm bar (rank 0 only).
+
+    Returns:
+        `task.summarize(metrics)`: metric name -> value over the whole data set.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    model = task.model.to(device)
+    shard = eval_shard(len(data), rank(), world_size())  # type: ignore[arg-type]
+    loader = DataLoader(
+        Subset(data, shard),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=task.collate,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(0),  # draws nothing from the global RNG
+    )
+    metrics = task.metrics()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            bar = tqdm(loader, desc="eval", disable=not (progress and is_main_process()))
+            for batch in bar:
+                batch = move_to_device(batch, device)
+                predictions = task.predict(batch)
+                task.update_metrics(metrics, predictions, batch)
+    finally:
+        model.train(was_training)
+    for metric in metrics.values():
+        metric.sync()
+    return task.summarize(metrics)
