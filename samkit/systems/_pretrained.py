@@ -233,7 +233,7 @@ class PretrainedModule(nn.Module):
         config_file = root / CONFIG_FILE
         config = _config_from_json(cls, data["config"], config_file)
         records = _backbone_records(data, config_file)
-        build = {}
+        build: dict[str, Any] = {}
         for rec in records:
             if rec["included"]:
                 build[rec["field"]] = None  # weights come from model.safetensors
@@ -252,8 +252,9 @@ class PretrainedModule(nn.Module):
         ):
             build["quick_gelu"] = bool(clip["quick_gelu"])
         model = cls._build_from_config(dataclasses.replace(config, **build))
-        if clip.get("trainable_policy") not in (None, "none") and hasattr(model, "clip"):
-            model.clip.set_trainable(clip["trainable_policy"])
+        backbone = getattr(model, "clip", None)
+        if clip.get("trainable_policy") not in (None, "none") and backbone is not None:
+            backbone.set_trainable(clip["trainable_policy"])
         model.config = config
         model._set_vocabulary(data.get("class_names"), data.get("num_things"))
         state = model.state_dict()
@@ -371,7 +372,7 @@ def _fingerprint(tensors: Mapping[str, Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
