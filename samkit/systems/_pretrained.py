@@ -35,6 +35,7 @@ from samkit._io import write_atomic
 
 __all__ = [
     "CONFIG_FILE",
+    "BackboneSource",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
     "PretrainedModule",
