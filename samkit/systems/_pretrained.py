@@ -216,18 +216,19 @@ class PretrainedModule(nn.Module):
                 system; if the weights are unreadable, belong to another save, or their keys or
                 shapes differ from the system's; or if a left-out backbone's file changed.
         """
+        if not cls.system_name:  # PretrainedModule itself: any system
+            return cast(M, load_pretrained(directory, map_location=map_location))
         root = Path(directory)
         data = read_pretrained_config(root)
         system = data["system"]
-        if cls.system_name and system != cls.system_name:
+        if system != cls.system_name:
             other = _SYSTEMS.get(system)
             hint = f"{other.__name__}.from_pretrained or " if other else ""
             raise ValueError(
                 f"{root / CONFIG_FILE}: holds a {system!r} system, not {cls.system_name!r} "
                 f"({cls.__name__}); load it with {hint}samkit.systems.load_pretrained"
             )
-        target = cls if cls.system_name else _SYSTEMS[system]
-        return cast(M, target._load(root, data, torch.device(map_location)))
+        return cast(M, cls._load(root, data, torch.device(map_location)))
 
     @classmethod
     def _load(cls, root: Path, data: dict[str, Any], device: torch.device) -> PretrainedModule:
