@@ -1,7 +1,13 @@
 """samkit: small, typed, composable modules that make Segment Anything semantic-aware."""
 
 from samkit import backbones, data, losses, metrics, modules, systems, types
-from samkit.systems import build_sam_cp, build_sam_mi, build_ssp_sam, build_system
+from samkit.systems import (
+    build_sam_cp,
+    build_sam_mi,
+    build_ssp_sam,
+    build_system,
+    load_pretrained,
+)
 from samkit.types import (
     AffinityDecoderOutput,
     ClipDenseOutput,
@@ -49,6 +55,7 @@ __all__ = [
     "build_ssp_sam",
     "build_system",
     "data",
+    "load_pretrained",
     "losses",
     "metrics",
     "modules",

@@ -34,6 +34,7 @@ import numpy as np
 from torch import Tensor
 
 from samkit._checks import check_binary, check_shape
+from samkit.metrics._sync import all_gather_objects, check_not_synced
 
 __all__ = ["MaskAP", "mask_ap"]
 
@@ -117,6 +118,7 @@ class MaskAP:
         self.gts: list[dict[str, Any]] = []
         self.dets: list[dict[str, Any]] = []
         self.categories: set[int] = set()
+        self._synced = False
 
     def update(
         self,
@@ -141,6 +143,7 @@ class MaskAP:
             ValueError: On inconsistent shapes, non-binary masks, non-finite scores or class ids
                 that are not integers `>= 0`; the message names the argument.
         """
+        check_not_synced(self._synced, "MaskAP", "update")
         s = check_shape(gt_masks, "G H W", name="gt_masks")
         m = check_shape(pred_masks, "M H W", name="pred_masks", known={"H": s["H"], "W": s["W"]})
         gt_bool = check_binary(gt_masks, name="gt_masks")
@@ -179,6 +182,36 @@ class MaskAP:
                 }
             )
             self.categories.add(labels[k] + 1)
+
+    def sync(self) -> None:
+        """Gather the images, ground truth and detections of all ranks into every rank.
+
+        Collective (`all_gather_object`; a no-op alone): every rank calls it once, after its
+        last `update`. Images are concatenated in rank order and renumbered so that image and
+        annotation ids stay unique: the result equals one process updating with rank 0's
+        images, then rank 1's, and so on. Afterwards `update` and a second `sync` raise until
+        `reset`.
+
+        Raises:
+            RuntimeError: If the metric was already synced.
+        """
+        check_not_synced(self._synced, "MaskAP", "sync")
+        gathered = all_gather_objects((self.images, self.gts, self.dets, sorted(self.categories)))
+        images: list[dict[str, Any]] = []
+        gts: list[dict[str, Any]] = []
+        dets: list[dict[str, Any]] = []
+        categories: set[int] = set()
+        for r_images, r_gts, r_dets, r_categories in gathered:
+            image_offset, gt_offset = len(images), len(gts)
+            images += [{**im, "id": im["id"] + image_offset} for im in r_images]
+            gts += [
+                {**g, "id": g["id"] + gt_offset, "image_id": g["image_id"] + image_offset}
+                for g in r_gts
+            ]
+            dets += [{**d, "image_id": d["image_id"] + image_offset} for d in r_dets]
+            categories.update(r_categories)
+        self.images, self.gts, self.dets, self.categories = images, gts, dets, categories
+        self._synced = True
 
     def _coco(self) -> tuple[Any, Any]:
         """Ground truth and results as pycocotools `COCO` objects (results as `loadRes` does)."""

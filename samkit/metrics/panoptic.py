@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from samkit._checks import check_shape
+from samkit.metrics._sync import all_gather_objects, check_not_synced
 
 __all__ = ["PanopticQuality", "panoptic_quality"]
 
@@ -116,6 +117,7 @@ class PanopticQuality:
     def reset(self) -> None:
         """Clear the accumulated statistics."""
         self.stats: dict[int, _Stat] = defaultdict(_Stat)
+        self._synced = False
 
     def update(
         self,
@@ -137,6 +139,7 @@ class PanopticQuality:
                 a category that is neither thing nor stuff.
             TypeError: If a map is not an integer tensor.
         """
+        check_not_synced(self._synced, "PanopticQuality", "update")
         s = check_shape(target, "H W", name="target")
         check_shape(pred, "H W", name="pred", known=s)
         for x, name in ((pred, "pred"), (target, "target")):
@@ -187,6 +190,36 @@ class PanopticQuality:
             if ignored / area > 0.5:
                 continue
             self.stats[info["category_id"]].fp += 1
+
+    def sync(self) -> None:
+        """Merge the per-class TP / FP / FN / IoU sums of all ranks into every rank.
+
+        Collective (`all_gather_object`; a no-op alone): every rank calls it once, after its
+        last `update`. Afterwards `update` and a second `sync` raise until `reset`. Counts are
+        exact; the IoU sums are added in rank order (float differences ~1e-16 relative).
+
+        Raises:
+            RuntimeError: If the metric was already synced.
+            ValueError: If the ranks' metrics were built with different things / stuff.
+        """
+        check_not_synced(self._synced, "PanopticQuality", "sync")
+        mine = {c: (st.iou, st.tp, st.fp, st.fn) for c, st in self.stats.items()}
+        gathered = all_gather_objects((sorted(self.things), sorted(self.stuff), mine))
+        merged: dict[int, _Stat] = defaultdict(_Stat)
+        for rank, (things, stuff, stats) in enumerate(gathered):
+            if set(things) != self.things or set(stuff) != self.stuff:
+                raise ValueError(
+                    f"PanopticQuality.sync: rank {rank} has things {things} and stuff {stuff}, "
+                    f"this rank {sorted(self.things)} and {sorted(self.stuff)}"
+                )
+            for c, (iou, tp, fp, fn) in stats.items():
+                st = merged[c]
+                st.iou += iou
+                st.tp += tp
+                st.fp += fp
+                st.fn += fn
+        self.stats = merged
+        self._synced = True
 
     def compute(self) -> dict[str, dict[str, float]]:
         """PQ, SQ, RQ (in `[0, 1]`) and the class count `n` for `all`, `things` and `stuff`.

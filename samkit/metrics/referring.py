@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from samkit._checks import check_binary, check_positive, check_shape
+from samkit.metrics._sync import all_reduce_sum, check_not_synced
 
 __all__ = [
     "PR_THRESHOLDS",
@@ -252,6 +253,7 @@ class ReferringMetrics:
         self._union = 0.0
         self._pr = torch.zeros(len(self.pr_thresholds), dtype=torch.float64)
         self._nt = {"tp": 0, "fn": 0, "tn": 0, "fp": 0, "iou1": 0, "partial": 0}
+        self._synced = False
 
     def update(self, preds: Tensor, targets: Tensor, *, has_target: Tensor | None = None) -> None:
         """Add a batch.
@@ -266,6 +268,7 @@ class ReferringMetrics:
         Raises:
             ValueError: If the shapes differ, or `targets` / `has_target` are not binary.
         """
+        check_not_synced(self._synced, "ReferringMetrics", "update")
         sizes = check_shape(targets, "B H W", name="targets")
         check_shape(preds, "B H W", name="preds", known=sizes)
         preds = _binary(preds, self.threshold, name="preds")
@@ -291,6 +294,27 @@ class ReferringMetrics:
         nt["fn"] += int((~gt_empty & pred_nt).sum())
         nt["iou1"] += int((iou == 1).sum())
         nt["partial"] += int(((iou > 0) & (iou < 1)).sum())
+
+    def sync(self) -> None:
+        """Sum the counters of all ranks into every rank (one `all_reduce`; a no-op alone).
+
+        Collective: every rank calls it once, after its last `update`. Afterwards `update` and
+        a second `sync` raise until `reset`. Counts are exact; `giou`'s sum of IoUs is summed
+        in another order than on one process (float64, differences ~1e-16 relative).
+
+        Raises:
+            RuntimeError: If the metric was already synced.
+        """
+        check_not_synced(self._synced, "ReferringMetrics", "sync")
+        keys = sorted(self._nt)
+        head = [float(self._count), self._sum_iou, self._inter, self._union]
+        state = torch.tensor(head + [float(self._nt[k]) for k in keys], dtype=torch.float64)
+        state = all_reduce_sum(torch.cat([state, self._pr.to(torch.float64)]))
+        self._count = int(state[0])
+        self._sum_iou, self._inter, self._union = (float(v) for v in state[1:4])
+        self._nt = {k: int(v) for k, v in zip(keys, state[4 : 4 + len(keys)].tolist(), strict=True)}
+        self._pr = state[4 + len(keys) :].clone()
+        self._synced = True
 
     def compute(self) -> dict[str, float]:
         """Return the metrics (`NaN` where a denominator holds no sample).

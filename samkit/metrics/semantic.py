@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from samkit._checks import as_class_names, check_positive, check_shape
+from samkit.metrics._sync import all_reduce_sum, check_not_synced
 
 __all__ = [
     "SemanticIoU",
@@ -329,14 +330,17 @@ class SemanticIoU(nn.Module):
         self.class_names = _names(class_names, num_classes)
         self.register_buffer("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long))
         self.register_buffer("out_of_range", torch.zeros(num_classes, dtype=torch.long))
+        self._synced = False
 
     def reset(self) -> None:
         """Zero the accumulated counts."""
         self.confusion.zero_()
         self.out_of_range.zero_()
+        self._synced = False
 
     @torch.no_grad()
     def _add(self, preds: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        check_not_synced(self._synced, "SemanticIoU", "update")
         conf, oor = _counts(preds, targets, self.num_classes, self.ignore_index)
         self.confusion += conf.to(self.confusion.device)
         self.out_of_range += oor.to(self.out_of_range.device)
@@ -350,6 +354,20 @@ class SemanticIoU(nn.Module):
             targets: Ground-truth labels `(B, H, W)`.
         """
         self._add(preds, targets)
+
+    def sync(self) -> None:
+        """Sum the counts of all ranks into every rank (`all_reduce`; a no-op alone).
+
+        Collective: every rank calls it once, after its last `update`. Afterwards `update` and
+        a second `sync` raise until `reset`.
+
+        Raises:
+            RuntimeError: If the metric was already synced.
+        """
+        check_not_synced(self._synced, "SemanticIoU", "sync")
+        self.confusion.copy_(all_reduce_sum(self.confusion))
+        self.out_of_range.copy_(all_reduce_sum(self.out_of_range))
+        self._synced = True
 
     def compute(self) -> Tensor:
         """Mean IoU over classes seen so far (float64 scalar; `NaN` before any counted pixel)."""

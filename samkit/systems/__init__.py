@@ -1,5 +1,10 @@
 """Thin assemblies of the published systems: a config, a builder and the module."""
 
+from samkit.systems._pretrained import (
+    PretrainedModule,
+    load_pretrained,
+    read_pretrained_config,
+)
 from samkit.systems._registry import SYSTEMS, build_system, list_systems
 from samkit.systems.sam_cp import (
     COCO_STUFF_CLASSES,
@@ -34,6 +39,7 @@ __all__ = [
     "COCO_THING_CLASSES",
     "IGNORED_PREFIXES",
     "OFFICIAL_KEY_MAP",
+    "PretrainedModule",
     "REFERENCE_QUIRKS",
     "SAMCP",
     "SAMCPConfig",
@@ -52,4 +58,6 @@ __all__ = [
     "convert_official_state_dict",
     "list_systems",
     "load_official_ssp_sam",
+    "load_pretrained",
+    "read_pretrained_config",
 ]

@@ -42,6 +42,7 @@ from samkit.modules.patch_encoder import (
 )
 from samkit.proposals import SamPatchProposer, pad_patches
 from samkit.systems._config import resolve_config
+from samkit.systems._pretrained import BackboneSource, PretrainedModule
 from samkit.types import PanopticResult, Patches, SAMCPOutput
 
 __all__ = [
@@ -152,11 +153,12 @@ class SAMCPConfig:
         return dataclasses.replace(base, **overrides)
 
 
-class SAMCP(nn.Module):
+class SAMCP(PretrainedModule):
     """SAM-CP: composable prompts over SAM patches (semantic queries + instance queries).
 
     `forward` returns per-layer affinities and class logits for training; `predict` returns
-    panoptic, instance and semantic results at the original size.
+    panoptic, instance and semantic results at the original size. Save and load a trained model
+    with `save_pretrained` / `SAMCP.from_pretrained` (the vocabulary is the config's classes).
 
     Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False).eval()
@@ -171,6 +173,10 @@ class SAMCP(nn.Module):
     """
 
     clip: ClipBackbone
+
+    system_name = "sam_cp"
+    display_name = "SAM-CP"
+    config_class = SAMCPConfig
 
     def __init__(
         self,
@@ -212,6 +218,19 @@ class SAMCP(nn.Module):
         self.proposer = proposer
         self.open_vocabulary = open_vocabulary
         self._text_cache: dict[tuple[str, ...], Tensor] = {}
+
+    @classmethod
+    def _build_from_config(cls, config: Any) -> SAMCP:
+        return build_sam_cp(config)
+
+    def _backbone_sources(self) -> list[BackboneSource]:
+        sources = [BackboneSource("clip", "clip_checkpoint", ("clip",))]
+        if self.proposer is not None:
+            sources.append(BackboneSource("sam", "sam_checkpoint", ("proposer.sam",)))
+        return sources
+
+    def _vocabulary(self) -> tuple[list[str] | None, int | None]:
+        return list(self.class_names), len(self.config.thing_classes)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from samkit.modules.injection import (
 )
 from samkit.modules.tspp import TextGuidedSparsePointPrompter, grid_points, sample_points
 from samkit.systems._config import resolve_config
+from samkit.systems._pretrained import BackboneSource, PretrainedModule
 from samkit.types import SAMMIOutput, TSPPOutput
 
 __all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
@@ -123,8 +124,12 @@ class SAMMIConfig:
         return dataclasses.replace(base, **overrides)
 
 
-class SAMMI(nn.Module):
+class SAMMI(PretrainedModule):
     """The SAM-MI model (see the module docstring for the data flow).
+
+    Save and load a trained model with `save_pretrained` / `SAMMI.from_pretrained`. The model
+    is open-vocabulary (`forward` takes the class names); set `class_names` to the vocabulary it
+    was trained on to keep it with the saved model.
 
     Examples:
         >>> model = build_sam_mi("tiny").eval()
@@ -133,6 +138,15 @@ class SAMMI(nn.Module):
         >>> out.logits.shape, out.tspp.prob.shape
         (torch.Size([1, 3, 32, 32]), torch.Size([1, 32, 32]))
     """
+
+    system_name = "sam_mi"
+    display_name = "SAM-MI"
+    config_class = SAMMIConfig
+
+    class_names: tuple[str, ...] | None = None
+    """The vocabulary the model was trained on, if known (saved and restored with the model)."""
+
+    _custom_backbones: tuple[str, ...] = ()  # backbones `build_sam_mi` got as modules
 
     def __init__(
         self,
@@ -170,6 +184,36 @@ class SAMMI(nn.Module):
         self.injection = injection
         if isinstance(sam, nn.Module):
             sam.requires_grad_(False)
+
+    @classmethod
+    def _build_from_config(cls, config: Any) -> SAMMI:
+        return build_sam_mi(config)
+
+    def _backbone_sources(self) -> list[BackboneSource]:
+        # stage 2 fine-tunes CLIP unless clip_finetune is "none"; SAM never trains
+        return [
+            BackboneSource(
+                "clip", "clip_checkpoint", ("clip",), frozen=self.config.clip_finetune == "none"
+            ),
+            BackboneSource("sam", "sam_checkpoint", ("sam",)),
+        ]
+
+    def _vocabulary(self) -> tuple[list[str] | None, int | None]:
+        if self.class_names is None:
+            return None, None
+        return list(self.class_names), 0
+
+    def _set_vocabulary(self, class_names: list[str] | None, num_things: int | None) -> None:
+        self.class_names = None if class_names is None else tuple(class_names)
+
+    def _check_savable(self) -> None:
+        if self._custom_backbones:
+            given = " and ".join(f"{n}=" for n in self._custom_backbones)
+            raise ValueError(
+                f"save_pretrained: this SAM-MI was built with {given} module(s) given to "
+                "build_sam_mi, which its config cannot rebuild; build it from the config "
+                "(sam_variant / sam_checkpoint, clip_name / clip_checkpoint) to save it"
+            )
 
     def encode_text(self, class_names: str | Sequence[str]) -> Tensor:
         """Class text embeddings `(T, C_e)` with the configured templates.
@@ -373,6 +417,7 @@ def build_sam_mi(
     cfg = resolve_config(
         SAMMIConfig, cfg, overrides, presets={"tiny": SAMMIConfig.tiny}, system="SAM-MI"
     )
+    custom = tuple(n for n, given in (("sam", sam), ("clip", clip)) if given is not None)
     if clip is None:
         clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
     if sam is None:
@@ -421,7 +466,7 @@ def build_sam_mi(
         if cfg.use_high_injection
         else None
     )
-    return SAMMI(
+    model = SAMMI(
         config=cfg,
         clip=clip,
         sam=sam,
@@ -430,3 +475,5 @@ def build_sam_mi(
         smagg=ShallowMaskAggregator(alpha=cfg.alpha) if cfg.use_smagg else None,
         injection=DecoupledMaskInjection(low=low, high=high),
     )
+    model._custom_backbones = custom  # save_pretrained cannot rebuild these from the config
+    return model

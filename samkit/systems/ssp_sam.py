@@ -28,6 +28,7 @@ from samkit.modules.language import LinguisticAttentionAdapter
 from samkit.modules.prompting import SemanticSpatialPromptEncoder, TanhFusion
 from samkit.modules.visual_adapter import VisualAttentionAdapter, clip_patch_tokens, letterbox
 from samkit.systems._config import resolve_config
+from samkit.systems._pretrained import BackboneSource, PretrainedModule
 from samkit.types import (
     ClipDenseOutput,
     ImageEmbedding,
@@ -116,8 +117,10 @@ SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
 """Named presets: the paper's two variants and a `tiny` one (random tiny backbones) for tests."""
 
 
-class SSPSAM(nn.Module):
+class SSPSAM(PretrainedModule):
     """SSP-SAM: CLIP features and an expression in, one SAM mask, a box and a GRES decision out.
+
+    Save and load a trained model with `save_pretrained` / `SSPSAM.from_pretrained`.
 
     Examples:
         >>> model = build_ssp_sam("tiny")
@@ -125,6 +128,10 @@ class SSPSAM(nn.Module):
         >>> out.low_res_logits.shape, out.boxes.shape, out.prompts.shape
         (torch.Size([2, 1, 64, 64]), torch.Size([2, 4]), torch.Size([2, 8, 32]))
     """
+
+    system_name = "ssp_sam"
+    display_name = "SSP-SAM"
+    config_class = SSPSAMConfig
 
     def __init__(
         self,
@@ -156,6 +163,19 @@ class SSPSAM(nn.Module):
         self.visual = visual
         self.fusion = fusion
         self.prompt_encoder = prompt_encoder
+
+    @classmethod
+    def _build_from_config(cls, config: Any) -> SSPSAM:
+        return build_ssp_sam(config)
+
+    def _backbone_sources(self) -> list[BackboneSource]:
+        # the mask decoder is fine-tuned, so only SAM's image and prompt encoders may be left out
+        return [
+            BackboneSource(
+                "clip", "clip_checkpoint", ("clip",), frozen=self.config.clip_trainable == "none"
+            ),
+            BackboneSource("sam", "sam_checkpoint", ("sam.image_encoder", "sam.prompt_encoder")),
+        ]
 
     # ------------------------------------------------------------------ encoders (frozen)
     def tokenize(self, expressions: str | Sequence[str]) -> Tensor:
