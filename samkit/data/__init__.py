@@ -1,5 +1,6 @@
 """Data: synthetic scenes and datasets for tests, examples and learning checks."""
 
+from samkit.data._items import Segment
 from samkit.data.datasets import (
     SPLIT_OFFSETS,
     PanopticBatch,
@@ -31,7 +32,6 @@ from samkit.data.synthetic import (
     Oversegmentation,
     ReferringExpression,
     Scene,
-    Segment,
     StuffStyle,
     generate_scene,
     oversegment,
