@@ -57,16 +57,20 @@ from samkit.data.transforms import resize_sample
 __all__ = ["RefCoco", "read_plain_pickle"]
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for something beyond plain data."""
+
+
 class _PlainUnpickler(pickle.Unpickler):
     """An unpickler that never imports anything: only plain containers and scalars load."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"it references {module}.{name}; only plain containers and scalars are allowed"
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("it uses persistent ids; only plain data is allowed")
+        raise _Refused("it uses persistent ids; only plain data is allowed")
 
 
 def read_plain_pickle(path: PathLike) -> Any:
@@ -92,7 +96,7 @@ def read_plain_pickle(path: PathLike) -> Any:
     try:
         with p.open("rb") as f:
             return _PlainUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise ValueError(
             f"{p}: refused to unpickle: {err}. samkit reads pickles of plain data only, because "
             "unpickling anything else can run arbitrary code"
