@@ -262,7 +262,9 @@ def panoptic(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, Any]]:
 
 
 class TestCocoPanoptic:
-    def test_reads_explicit_rgb_ids(self, panoptic: tuple[Path, Path, Path, dict[str, Any]]) -> None:
+    def test_reads_explicit_rgb_ids(
+        self, panoptic: tuple[Path, Path, Path, dict[str, Any]]
+    ) -> None:
         root, path, png_root, _ = panoptic
         ds = CocoPanoptic(root, path, png_root)
         assert ds.class_names == ("person", "car", "wall") and ds.num_things == 2
@@ -280,12 +282,18 @@ class TestCocoPanoptic:
         sem[:12, :8] = 1
         assert torch.equal(s.semantic, sem)
         got = [(g.id, g.category_id, g.is_thing, g.area, g.instance, g.iscrowd) for g in s.segments]
-        assert got == [(1, 2, False, 128, -1, False), (2, 1, True, 64, 0, False), (3, 1, True, 32, 1, True)]
+        assert got == [
+            (1, 2, False, 128, -1, False),
+            (2, 1, True, 64, 0, False),
+            (3, 1, True, 32, 1, True),
+        ]
         assert s.instance_classes.tolist() == [1, 1]
         assert s.instance_iscrowd.tolist() == [False, True]
         assert torch.equal(s.instance_masks, s.segment_masks[1:])
 
-    def test_crowd_is_honoured_by_pq(self, panoptic: tuple[Path, Path, Path, dict[str, Any]]) -> None:
+    def test_crowd_is_honoured_by_pq(
+        self, panoptic: tuple[Path, Path, Path, dict[str, Any]]
+    ) -> None:
         root, path, png_root, _ = panoptic
         s = CocoPanoptic(root, path, png_root)[0]
         # a prediction that copies the non-crowd segments and leaves the crowd region void
@@ -300,7 +308,9 @@ class TestCocoPanoptic:
         control.update(pred, pred_segs, s.panoptic, not_crowd)
         assert control.stats[1].fn == 1
 
-    def test_png_id_without_segment(self, panoptic: tuple[Path, Path, Path, dict[str, Any]]) -> None:
+    def test_png_id_without_segment(
+        self, panoptic: tuple[Path, Path, Path, dict[str, Any]]
+    ) -> None:
         root, path, png_root, data = panoptic
         del data["annotations"][0]["segments_info"][1]
         path.write_text(json.dumps(data))

@@ -38,12 +38,27 @@ def refer(tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
         ],
         "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
         "annotations": [
-            {"id": 100, "image_id": 9, "category_id": 18, "segmentation": box(2, 2, 10, 10),
-             "iscrowd": 0},
-            {"id": 101, "image_id": 9, "category_id": 1, "segmentation": box(12, 4, 30, 20),
-             "iscrowd": 0},
-            {"id": 200, "image_id": 25, "category_id": 1, "segmentation": box(0, 0, 8, 8),
-             "iscrowd": 0},
+            {
+                "id": 100,
+                "image_id": 9,
+                "category_id": 18,
+                "segmentation": box(2, 2, 10, 10),
+                "iscrowd": 0,
+            },
+            {
+                "id": 101,
+                "image_id": 9,
+                "category_id": 1,
+                "segmentation": box(12, 4, 30, 20),
+                "iscrowd": 0,
+            },
+            {
+                "id": 200,
+                "image_id": 25,
+                "category_id": 1,
+                "segmentation": box(0, 0, 8, 8),
+                "iscrowd": 0,
+            },
         ],
     }
     path = tmp_path / "instances.json"
@@ -56,16 +71,38 @@ def _ann_mask(path: Path, ann_id: int) -> torch.Tensor:
     return torch.from_numpy(coco.annToMask(coco.anns[ann_id]).astype(bool))
 
 
-def test_refer_pickle_of_plain_dicts(refer: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_refer_pickle_of_plain_dicts(
+    refer: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
     root, inst, _ = refer
     refs = [
-        {"ref_id": 0, "ann_id": 101, "image_id": 9, "split": "train", "category_id": 1,
-         "sentences": [{"sent": "man on the right", "raw": "Man on the right", "sent_id": 0},
-                       {"sent": "right guy", "raw": "right guy", "sent_id": 1}]},
-        {"ref_id": 1, "ann_id": 100, "image_id": 9, "split": "val", "category_id": 18,
-         "sentences": [{"sent": "dog", "sent_id": 2}]},
-        {"ref_id": 2, "ann_id": 200, "image_id": 25, "split": "train", "category_id": 1,
-         "sentences": [{"sent": "person top left", "sent_id": 3}]},
+        {
+            "ref_id": 0,
+            "ann_id": 101,
+            "image_id": 9,
+            "split": "train",
+            "category_id": 1,
+            "sentences": [
+                {"sent": "man on the right", "raw": "Man on the right", "sent_id": 0},
+                {"sent": "right guy", "raw": "right guy", "sent_id": 1},
+            ],
+        },
+        {
+            "ref_id": 1,
+            "ann_id": 100,
+            "image_id": 9,
+            "split": "val",
+            "category_id": 18,
+            "sentences": [{"sent": "dog", "sent_id": 2}],
+        },
+        {
+            "ref_id": 2,
+            "ann_id": 200,
+            "image_id": 25,
+            "split": "train",
+            "category_id": 1,
+            "sentences": [{"sent": "person top left", "sent_id": 3}],
+        },
     ]
     p = tmp_path / "refs(unc).p"
     p.write_bytes(pickle.dumps(refs, protocol=2))
@@ -83,17 +120,31 @@ def test_refer_pickle_of_plain_dicts(refer: tuple[Path, Path, dict[str, Any]], t
     assert ds.class_names == ("person", "dog")
     val = RefCoco(root, p, inst, "val")
     assert len(val) == 1 and val[0].text == "dog"
-    with pytest.raises(ValueError, match=r"no ref has split 'testA' \(splits: \['train', 'val'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"no ref has split 'testA' \(splits: \['train', 'val'\]\)"
+    ):
         RefCoco(root, p, inst, "testA")
 
 
 def test_grefcoco_json(refer: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
     root, inst, _ = refer
     grefs = [
-        {"ref_id": 0, "ann_id": [100, 101], "image_id": 9, "split": "val", "no_target": False,
-         "sentences": [{"sent": "everything", "raw": "everything", "sent_id": 0}]},
-        {"ref_id": 1, "ann_id": [-1], "image_id": 25, "split": "val", "no_target": True,
-         "sentences": [{"sent": "the cat", "sent_id": 1}]},
+        {
+            "ref_id": 0,
+            "ann_id": [100, 101],
+            "image_id": 9,
+            "split": "val",
+            "no_target": False,
+            "sentences": [{"sent": "everything", "raw": "everything", "sent_id": 0}],
+        },
+        {
+            "ref_id": 1,
+            "ann_id": [-1],
+            "image_id": 25,
+            "split": "val",
+            "no_target": True,
+            "sentences": [{"sent": "the cat", "sent_id": 1}],
+        },
     ]
     p = tmp_path / "grefs(unc).json"
     p.write_text(json.dumps(grefs))
@@ -111,8 +162,13 @@ def test_grefcoco_json(refer: tuple[Path, Path, dict[str, Any]], tmp_path: Path)
 def test_bad_refs(refer: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
     root, inst, _ = refer
     p = tmp_path / "grefs.json"
-    ref = {"ref_id": 5, "ann_id": [999], "image_id": 9, "split": "val",
-           "sentences": [{"sent": "x"}]}
+    ref = {
+        "ref_id": 5,
+        "ann_id": [999],
+        "image_id": 9,
+        "split": "val",
+        "sentences": [{"sent": "x"}],
+    }
     p.write_text(json.dumps([ref, {**ref, "ref_id": 6, "ann_id": [100]}]))
     with pytest.raises(ValueError, match=r"grefs\.json: ref 5: ann_id 999 is not in"):
         RefCoco(root, p, inst, "val")
@@ -157,7 +213,9 @@ def test_malicious_pickle_runs_nothing(tmp_path: Path, via: str) -> None:
     with pytest.raises(ValueError, match=r"refs\(unc\)\.p: refused to unpickle: it references"):
         read_plain_pickle(evil)
     inst = tmp_path / "instances.json"
-    inst.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    inst.write_text(
+        json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
+    )
     with pytest.raises(ValueError, match="refused to unpickle"):
         RefCoco(tmp_path, evil, inst, "train")
     assert not marker.exists()

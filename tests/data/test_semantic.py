@@ -36,7 +36,10 @@ def ade(tmp_path: Path) -> Path:
 
 def _ds(root: Path, **kw: object) -> SemanticFolder:
     return SemanticFolder(
-        root / "images" / "validation", root / "annotations" / "validation", root / "classes.txt", **kw
+        root / "images" / "validation",
+        root / "annotations" / "validation",
+        root / "classes.txt",
+        **kw,
     )
 
 
@@ -74,8 +77,11 @@ def test_class_list_and_file(ade: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.txt: class names file not found"):
         read_class_names(tmp_path / "nope.txt")
     with pytest.raises(ValueError, match="at most 255 classes"):
-        SemanticFolder(ade / "images" / "validation", ade / "annotations" / "validation",
-                       [f"c{i}" for i in range(256)])
+        SemanticFolder(
+            ade / "images" / "validation",
+            ade / "annotations" / "validation",
+            [f"c{i}" for i in range(256)],
+        )
 
 
 def test_missing_label_map(ade: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -128,6 +134,9 @@ def test_dataloader_with_workers(ade: Path) -> None:
     batches = list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate))
     assert len(batches) == 1
     b = batches[0]
-    assert b.class_names == ds.class_names and b.image_ids == ["ADE_val_00000001", "ADE_val_00000002"]
+    assert b.class_names == ds.class_names and b.image_ids == [
+        "ADE_val_00000001",
+        "ADE_val_00000002",
+    ]
     assert torch.equal(b.semantic[1], ds[1].semantic)
     assert b.semantic.shape == (2, 8, 8) and (b.semantic[:, 6:] == 255).all()  # padding
