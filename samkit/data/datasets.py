@@ -37,7 +37,13 @@ from samkit.data._items import (
     SemanticBatch,
     SemanticSample,
 )
-from samkit.data.synthetic import CLASS_NAMES, Scene, generate_scene, oversegment
+from samkit.data.synthetic import (
+    CLASS_NAMES,
+    NUM_THING_CLASSES,
+    Scene,
+    generate_scene,
+    oversegment,
+)
 
 __all__ = [
     "PanopticBatch",
@@ -61,7 +67,16 @@ _SPLIT_SPAN = 10_000_000
 
 
 class _SceneDataset(Dataset):  # type: ignore[type-arg]
-    """Common part: split/seed bookkeeping and a one-scene cache."""
+    """Common part: split/seed bookkeeping, a one-scene cache and the vocabulary.
+
+    Like the file readers, every synthetic dataset exposes `class_names` (`CLASS_NAMES`,
+    things first), `num_things`, `category_ids` and `category_to_index` (the identity).
+    """
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+    num_things: int = NUM_THING_CLASSES
+    category_ids: tuple[int, ...] = tuple(range(len(CLASS_NAMES)))
+    category_to_index: dict[int, int] = {i: i for i in range(len(CLASS_NAMES))}  # noqa: RUF012
 
     def __init__(
         self,
@@ -257,8 +272,6 @@ class SyntheticSemanticDataset(_SceneDataset):
         >>> batch.semantic.shape, len(batch.class_names)
         (torch.Size([2, 32, 32]), 9)
     """
-
-    class_names: tuple[str, ...] = CLASS_NAMES
 
     def __init__(
         self,

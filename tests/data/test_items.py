@@ -95,3 +95,12 @@ def test_mixed_sizes_explain_what_to_do() -> None:
         collate_semantic([a, b])
     assert collate_semantic([a]).images.shape == (1, 3, 32, 32)
     assert torch.equal(collate_semantic([a]).semantic[0], a.semantic)
+
+
+def test_synthetic_datasets_expose_the_reader_vocabulary() -> None:
+    from samkit.data import CLASS_NAMES, NUM_THING_CLASSES, SyntheticReferringDataset
+
+    for cls in (SyntheticPanopticDataset, SyntheticSemanticDataset, SyntheticReferringDataset):
+        ds = cls(num_scenes=1, size=32)
+        assert ds.class_names == CLASS_NAMES and ds.num_things == NUM_THING_CLASSES
+        assert [ds.category_to_index[c] for c in ds.category_ids] == list(range(len(CLASS_NAMES)))
