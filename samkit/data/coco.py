@@ -266,7 +266,7 @@ def decode_coco_segmentation(
         source: What to name in errors (file and annotation).
 
     Returns:
-        `(H, W)` bool mask.
+        `(H, W)` bool mask. Polygons with fewer than 3 points enclose no pixels and add none.
 
     Raises:
         ValueError: If the segmentation is malformed or its RLE size is not `(H, W)`.
@@ -274,12 +274,12 @@ def decode_coco_segmentation(
     mask_utils = pycocotools_mask()
     try:
         if isinstance(segmentation, list):
-            polys = [p for p in segmentation if len(p) > 0]
-            for p in polys:
-                if len(p) < 6 or len(p) % 2:
-                    raise ValueError(
-                        f"a polygon needs an even number >= 6 of coordinates, got {len(p)}"
-                    )
+            for p in segmentation:
+                if not isinstance(p, list) or len(p) % 2:
+                    raise ValueError("a polygon must be a list of x, y pairs")
+            # polygons of fewer than 3 points enclose no area (COCO has a few); they are
+            # dropped here, also because pycocotools reads a 4-number first polygon as a box
+            polys = [p for p in segmentation if len(p) >= 6]
             if not polys:
                 return np.zeros((height, width), dtype=bool)
             rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))

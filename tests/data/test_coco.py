@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samkit.data import CocoInstances, CocoPanoptic, collate_panoptic
+from samkit.data import CocoInstances, CocoPanoptic, collate_panoptic, decode_coco_segmentation
 from samkit.metrics.instance import MaskAP
 from samkit.metrics.panoptic import PanopticQuality
 
@@ -156,6 +156,16 @@ class TestCocoInstances:
         ignored.update(*args, *gt)
         assert honoured.compute()["ap"] == pytest.approx(1.0)
         assert ignored.compute()["ap"] < 0.9  # the crowd would be a missed airplane
+
+    def test_degenerate_polygons_add_nothing(self) -> None:
+        square = [1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0, 5.0]
+        want = decode_coco_segmentation([square], 8, 8, source="t")
+        assert want.sum() > 0
+        # a 2-point "polygon" first would make pycocotools read the list as boxes
+        got = decode_coco_segmentation([[0.0, 0.0, 7.0, 7.0], square, []], 8, 8, source="t")
+        assert np.array_equal(got, want)
+        with pytest.raises(ValueError, match="t: bad segmentation: a polygon must be"):
+            decode_coco_segmentation([[1.0, 2.0, 3.0]], 8, 8, source="t")
 
     def test_size_mismatch_names_the_image(
         self, instances: tuple[Path, Path, dict[str, Any]]
