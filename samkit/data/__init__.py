@@ -1,5 +1,15 @@
-"""Data: synthetic scenes and datasets for tests, examples and learning checks."""
+"""Data: readers of the standard formats, writers, data files, and synthetic scenes.
 
+* Readers (lazy torch datasets of the sample dataclasses): `CocoPanoptic`, `CocoInstances`,
+  `SemanticFolder`, `RefCoco`; `load_data_file` builds one from a YAML / JSON data file.
+* Writers: `CocoPanopticWriter`, `CocoResultsWriter`, `write_semantic_png`, `write_mask_png`,
+  and `export_synthetic`, which writes synthetic scenes in each standard format.
+* Synthetic scenes and datasets for tests, examples and learning checks.
+"""
+
+from samkit.data._items import Segment
+from samkit.data.coco import CocoInstances, CocoPanoptic, decode_coco_segmentation
+from samkit.data.config import FORMATS, load_data_file
 from samkit.data.datasets import (
     SPLIT_OFFSETS,
     PanopticBatch,
@@ -15,6 +25,9 @@ from samkit.data.datasets import (
     collate_referring,
     collate_semantic,
 )
+from samkit.data.export import EXPORT_FORMATS, export_synthetic
+from samkit.data.refer import RefCoco, read_plain_pickle
+from samkit.data.semantic import SemanticFolder, read_class_names
 from samkit.data.synthetic import (
     CLASS_NAMES,
     COLOR_NAMES,
@@ -31,23 +44,39 @@ from samkit.data.synthetic import (
     Oversegmentation,
     ReferringExpression,
     Scene,
-    Segment,
     StuffStyle,
     generate_scene,
     oversegment,
+)
+from samkit.data.transforms import resize_sample
+from samkit.data.writers import (
+    CocoPanopticWriter,
+    CocoResultsWriter,
+    encode_rle,
+    write_image,
+    write_mask_png,
+    write_panoptic_png,
+    write_semantic_png,
 )
 
 __all__ = [
     "CLASS_NAMES",
     "COLORS",
     "COLOR_NAMES",
+    "CocoInstances",
+    "CocoPanoptic",
+    "CocoPanopticWriter",
+    "CocoResultsWriter",
+    "EXPORT_FORMATS",
     "EXPRESSION_KINDS",
+    "FORMATS",
     "NUM_CLASSES",
     "NUM_THING_CLASSES",
     "Oversegmentation",
     "PLURALS",
     "PanopticBatch",
     "PanopticSample",
+    "RefCoco",
     "ReferringBatch",
     "ReferringExpression",
     "ReferringSample",
@@ -57,6 +86,7 @@ __all__ = [
     "Scene",
     "Segment",
     "SemanticBatch",
+    "SemanticFolder",
     "SemanticSample",
     "StuffStyle",
     "SyntheticPanopticDataset",
@@ -68,6 +98,17 @@ __all__ = [
     "collate_panoptic",
     "collate_referring",
     "collate_semantic",
+    "decode_coco_segmentation",
+    "encode_rle",
+    "export_synthetic",
     "generate_scene",
+    "load_data_file",
     "oversegment",
+    "read_class_names",
+    "read_plain_pickle",
+    "resize_sample",
+    "write_image",
+    "write_mask_png",
+    "write_panoptic_png",
+    "write_semantic_png",
 ]

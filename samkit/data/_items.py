@@ -1,4 +1,10 @@
-"""Sample and batch dataclasses of the synthetic datasets (re-exported by `datasets.py`)."""
+"""Sample and batch dataclasses shared by every dataset (synthetic scenes and file readers).
+
+This module is the bottom of `samkit.data`: it imports nothing else from the package, so the
+scene generator (`synthetic.py`), the datasets (`datasets.py`) and the file readers can all
+import it without a cycle. `Segment` lives here because it is part of a sample; it is
+re-exported by `samkit.data.synthetic` and `samkit.data`.
+"""
 
 # axis legend
 # b - batch (`B` in docstrings)
@@ -9,12 +15,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from samkit.data.synthetic import Segment
 from samkit.types import _TensorFieldsMixin
+
+
+@dataclass
+class Segment:
+    """One segment of a panoptic map (panopticapi's `segments_info` entry).
+
+    Attributes:
+        id: Segment id as stored in the panoptic map (`>= 1`; 0 is void).
+        category_id: Contiguous class index (into `CLASS_NAMES` for synthetic scenes, into the
+            reader's `class_names` for files).
+        is_thing: True for an instance of a thing class, False for a stuff region.
+        area: Number of pixels of the segment.
+        instance: Index of the instance in the instance masks, or -1 for stuff.
+        iscrowd: True for a crowd region (COCO `iscrowd`): never matched, never a false
+            negative in `PanopticQuality`.
+    """
+
+    id: int
+    category_id: int
+    is_thing: bool
+    area: int
+    instance: int = -1
+    iscrowd: bool = False
 
 
 @dataclass
@@ -32,7 +60,9 @@ class ReferringSample(_TensorFieldsMixin):
         kind: The expression kind (see `EXPRESSION_KINDS`).
         instance_masks: `(I, H, W)` bool, all instance masks of the scene (for baselines).
         instance_classes: `(I,)` long class ids of the instances.
-        scene_seed: Seed of the scene.
+        scene_seed: Seed of the scene (-1 for samples read from files).
+        image_id: Id of the image (the data set's image id; the scene seed for synthetic
+            scenes, -1 when unknown). Expressions about the same image share it.
     """
 
     image: Tensor
@@ -45,6 +75,7 @@ class ReferringSample(_TensorFieldsMixin):
     instance_masks: Tensor
     instance_classes: Tensor
     scene_seed: int
+    image_id: int | str = -1
 
 
 @dataclass
@@ -62,6 +93,7 @@ class ReferringBatch(_TensorFieldsMixin):
         instance_masks: `B` tensors `(I_b, H, W)` bool.
         instance_classes: `B` tensors `(I_b,)` long.
         scene_seeds: `B` scene seeds.
+        image_ids: `B` image ids.
     """
 
     images: Tensor
@@ -74,6 +106,7 @@ class ReferringBatch(_TensorFieldsMixin):
     instance_masks: list[Tensor]
     instance_classes: list[Tensor]
     scene_seeds: list[int]
+    image_ids: list[int | str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +125,11 @@ class PanopticSample(_TensorFieldsMixin):
         part_masks: `(P, H, W)` bool oversegmented parts of `segment_masks` when the dataset
             was built with `parts=True`, else `None`.
         part_parents: `(P,)` long index into `segments` of each part, or `None`.
-        scene_seed: Seed of the scene.
+        scene_seed: Seed of the scene (-1 for samples read from files).
+        instance_iscrowd: `(I,)` bool crowd flags of the instances (COCO `iscrowd`), or
+            `None` when the data set has no crowd annotations (synthetic scenes).
+        image_id: Id of the image (the data set's image id; the scene seed for synthetic
+            scenes, -1 when unknown).
     """
 
     image: Tensor
@@ -106,6 +143,8 @@ class PanopticSample(_TensorFieldsMixin):
     part_masks: Tensor | None
     part_parents: Tensor | None
     scene_seed: int
+    instance_iscrowd: Tensor | None = None
+    image_id: int | str = -1
 
 
 @dataclass
@@ -124,6 +163,8 @@ class PanopticBatch(_TensorFieldsMixin):
         part_masks: `B` tensors `(P_b, H, W)` bool, or `None` without parts.
         part_parents: `B` tensors `(P_b,)` long, or `None` without parts.
         scene_seeds: `B` scene seeds.
+        instance_iscrowd: `B` tensors `(I_b,)` bool, or `None` unless every sample has them.
+        image_ids: `B` image ids.
     """
 
     images: Tensor
@@ -137,6 +178,8 @@ class PanopticBatch(_TensorFieldsMixin):
     part_masks: list[Tensor] | None
     part_parents: list[Tensor] | None
     scene_seeds: list[int]
+    instance_iscrowd: list[Tensor] | None = None
+    image_ids: list[int | str] = field(default_factory=list)
 
 
 @dataclass
@@ -145,13 +188,17 @@ class SemanticSample(_TensorFieldsMixin):
 
     Attributes:
         image: `(3, H, W)` float RGB in `[0, 1]`.
-        semantic: `(H, W)` long ids into `CLASS_NAMES`.
-        scene_seed: Seed of the scene.
+        semantic: `(H, W)` long class ids (into `CLASS_NAMES` for synthetic scenes, into the
+            reader's `class_names` for files); 255 marks unlabelled pixels.
+        scene_seed: Seed of the scene (-1 for samples read from files).
+        image_id: Id of the image (the file stem for folders, the scene seed for synthetic
+            scenes, -1 when unknown).
     """
 
     image: Tensor
     semantic: Tensor
     scene_seed: int
+    image_id: int | str = -1
 
 
 @dataclass
@@ -161,11 +208,13 @@ class SemanticBatch(_TensorFieldsMixin):
     Attributes:
         images: `(B, 3, H, W)` float.
         semantic: `(B, H, W)` long.
-        class_names: The class names the ids index (`CLASS_NAMES`).
+        class_names: The class names the ids index.
         scene_seeds: `B` scene seeds.
+        image_ids: `B` image ids.
     """
 
     images: Tensor
     semantic: Tensor
     class_names: tuple[str, ...]
     scene_seeds: list[int]
+    image_ids: list[int | str] = field(default_factory=list)

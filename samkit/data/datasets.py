@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
@@ -36,7 +37,13 @@ from samkit.data._items import (
     SemanticBatch,
     SemanticSample,
 )
-from samkit.data.synthetic import CLASS_NAMES, Scene, generate_scene, oversegment
+from samkit.data.synthetic import (
+    CLASS_NAMES,
+    NUM_THING_CLASSES,
+    Scene,
+    generate_scene,
+    oversegment,
+)
 
 __all__ = [
     "PanopticBatch",
@@ -60,7 +67,16 @@ _SPLIT_SPAN = 10_000_000
 
 
 class _SceneDataset(Dataset):  # type: ignore[type-arg]
-    """Common part: split/seed bookkeeping and a one-scene cache."""
+    """Common part: split/seed bookkeeping, a one-scene cache and the vocabulary.
+
+    Like the file readers, every synthetic dataset exposes `class_names` (`CLASS_NAMES`,
+    things first), `num_things`, `category_ids` and `category_to_index` (the identity).
+    """
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+    num_things: int = NUM_THING_CLASSES
+    category_ids: tuple[int, ...] = tuple(range(len(CLASS_NAMES)))
+    category_to_index: dict[int, int] = {i: i for i in range(len(CLASS_NAMES))}  # noqa: RUF012
 
     def __init__(
         self,
@@ -180,6 +196,7 @@ class SyntheticReferringDataset(_SceneDataset):
             instance_masks=scene.instance_masks,
             instance_classes=scene.instance_classes,
             scene_seed=scene.seed,
+            image_id=scene.seed,
         )
 
 
@@ -242,6 +259,7 @@ class SyntheticPanopticDataset(_SceneDataset):
             part_masks=part_masks,
             part_parents=part_parents,
             scene_seed=scene.seed,
+            image_id=scene.seed,
         )
 
 
@@ -254,8 +272,6 @@ class SyntheticSemanticDataset(_SceneDataset):
         >>> batch.semantic.shape, len(batch.class_names)
         (torch.Size([2, 32, 32]), 9)
     """
-
-    class_names: tuple[str, ...] = CLASS_NAMES
 
     def __init__(
         self,
@@ -283,12 +299,26 @@ class SyntheticSemanticDataset(_SceneDataset):
 
     def __getitem__(self, index: int) -> SemanticSample:
         scene = self.scene(self._index(index))
-        return SemanticSample(image=scene.image, semantic=scene.semantic, scene_seed=scene.seed)
+        return SemanticSample(
+            image=scene.image, semantic=scene.semantic, scene_seed=scene.seed, image_id=scene.seed
+        )
 
 
 def _nonempty(samples: Sequence[object], name: str) -> None:
     if len(samples) == 0:
         raise ValueError(f"{name}: expected at least one sample, got an empty batch")
+
+
+def _stack_images(images: Sequence[Tensor], name: str) -> Tensor:
+    """Stack `(3, H, W)` images, with a useful error when their sizes differ."""
+    sizes = sorted({tuple(int(v) for v in im.shape[-2:]) for im in images})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"{name}: cannot batch images of different sizes {sizes[:4]}; set `size` in the "
+            "data file (or the reader's size=S, which resizes and pads every image to S x S) "
+            "or use batch size 1"
+        )
+    return torch.stack(list(images))
 
 
 def collate_referring(samples: Sequence[ReferringSample]) -> ReferringBatch:
@@ -301,11 +331,11 @@ def collate_referring(samples: Sequence[ReferringSample]) -> ReferringBatch:
         The `ReferringBatch`.
 
     Raises:
-        ValueError: If `samples` is empty.
+        ValueError: If `samples` is empty or the images differ in size.
     """
     _nonempty(samples, "collate_referring")
     return ReferringBatch(
-        images=torch.stack([s.image for s in samples]),
+        images=_stack_images([s.image for s in samples], "collate_referring"),
         texts=[s.text for s in samples],
         target_masks=torch.stack([s.target_mask for s in samples]),
         has_target=torch.tensor([s.has_target for s in samples], dtype=torch.bool),
@@ -315,6 +345,7 @@ def collate_referring(samples: Sequence[ReferringSample]) -> ReferringBatch:
         instance_masks=[s.instance_masks for s in samples],
         instance_classes=[s.instance_classes for s in samples],
         scene_seeds=[s.scene_seed for s in samples],
+        image_ids=[s.image_id for s in samples],
     )
 
 
@@ -326,15 +357,16 @@ def collate_panoptic(samples: Sequence[PanopticSample]) -> PanopticBatch:
 
     Returns:
         The `PanopticBatch` (`part_masks`/`part_parents` are `None` unless every sample has
-        parts).
+        parts, `instance_iscrowd` is `None` unless every sample has crowd flags).
 
     Raises:
-        ValueError: If `samples` is empty.
+        ValueError: If `samples` is empty or the images differ in size.
     """
     _nonempty(samples, "collate_panoptic")
     with_parts = all(s.part_masks is not None for s in samples)
+    crowd = [s.instance_iscrowd for s in samples]
     return PanopticBatch(
-        images=torch.stack([s.image for s in samples]),
+        images=_stack_images([s.image for s in samples], "collate_panoptic"),
         semantic=torch.stack([s.semantic for s in samples]),
         panoptic=torch.stack([s.panoptic for s in samples]),
         instance_masks=[s.instance_masks for s in samples],
@@ -345,25 +377,35 @@ def collate_panoptic(samples: Sequence[PanopticSample]) -> PanopticBatch:
         part_masks=[s.part_masks for s in samples] if with_parts else None,  # type: ignore[misc]
         part_parents=[s.part_parents for s in samples] if with_parts else None,  # type: ignore[misc]
         scene_seeds=[s.scene_seed for s in samples],
+        instance_iscrowd=None if any(c is None for c in crowd) else crowd,  # type: ignore[arg-type]
+        image_ids=[s.image_id for s in samples],
     )
 
 
-def collate_semantic(samples: Sequence[SemanticSample]) -> SemanticBatch:
+def collate_semantic(
+    samples: Sequence[SemanticSample], class_names: Sequence[str] = CLASS_NAMES
+) -> SemanticBatch:
     """Stack images and semantic maps.
+
+    With a reader, pass its vocabulary, e.g.
+    `DataLoader(ds, collate_fn=functools.partial(collate_semantic, class_names=ds.class_names))`.
 
     Args:
         samples: `B` samples of equally sized images.
+        class_names: The class names the semantic ids index (default: the synthetic
+            `CLASS_NAMES`).
 
     Returns:
-        The `SemanticBatch`, with `class_names = CLASS_NAMES`.
+        The `SemanticBatch`.
 
     Raises:
-        ValueError: If `samples` is empty.
+        ValueError: If `samples` is empty or the images differ in size.
     """
     _nonempty(samples, "collate_semantic")
     return SemanticBatch(
-        images=torch.stack([s.image for s in samples]),
+        images=_stack_images([s.image for s in samples], "collate_semantic"),
         semantic=torch.stack([s.semantic for s in samples]),
-        class_names=CLASS_NAMES,
+        class_names=tuple(class_names),
         scene_seeds=[s.scene_seed for s in samples],
+        image_ids=[s.image_id for s in samples],
     )

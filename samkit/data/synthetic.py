@@ -9,7 +9,8 @@ the global RNG) and vectorised numpy, and takes a few milliseconds for a 128 px 
 
 The torch datasets built on these scenes live in `samkit.data.datasets`
 (`SyntheticReferringDataset`, `SyntheticPanopticDataset`, `SyntheticSemanticDataset` and their
-collate functions); they are also reachable from this module for convenience.
+collate functions) and are exported by `samkit.data`. `Segment` (a sample type, defined in
+`samkit.data._items`) is re-exported here.
 
 Semantic ids index `CLASS_NAMES` = `THING_CLASSES + STUFF_CLASSES`, so ids below
 `NUM_THING_CLASSES` are things and the rest are stuff. Every pixel carries a class (there is no
@@ -35,6 +36,7 @@ from torchvision.ops import masks_to_boxes
 from samkit._checks import check_shape
 from samkit.data import _expressions as _expr
 from samkit.data import _oversegment, _render
+from samkit.data._items import Segment
 
 __all__ = [
     "CLASS_NAMES",
@@ -123,25 +125,6 @@ VOCABULARY: tuple[str, ...] = tuple(
     sorted(_WORDS | set(THING_CLASSES) | set(PLURALS.values()) | set(COLOR_NAMES))
 )
 """Every word an expression can use (all lower case)."""
-
-
-@dataclass
-class Segment:
-    """One segment of a panoptic map (panopticapi's `segments_info` entry).
-
-    Attributes:
-        id: Segment id as stored in `Scene.panoptic` (starts at 1).
-        category_id: Index into `CLASS_NAMES`.
-        is_thing: True for an instance of a thing class, False for a stuff region.
-        area: Number of pixels of the segment.
-        instance: Index of the instance in `Scene.instance_masks`, or -1 for stuff.
-    """
-
-    id: int
-    category_id: int
-    is_thing: bool
-    area: int
-    instance: int = -1
 
 
 @dataclass
@@ -406,26 +389,30 @@ def oversegment(
     )
 
 
-_DATASET_NAMES = (
-    "PanopticBatch",
-    "PanopticSample",
-    "ReferringBatch",
-    "ReferringSample",
-    "SemanticBatch",
-    "SemanticSample",
-    "SyntheticPanopticDataset",
-    "SyntheticReferringDataset",
-    "SyntheticSemanticDataset",
-    "collate_panoptic",
-    "collate_referring",
-    "collate_semantic",
+_MOVED = frozenset(
+    {
+        "PanopticBatch",
+        "PanopticSample",
+        "ReferringBatch",
+        "ReferringSample",
+        "SemanticBatch",
+        "SemanticSample",
+        "SyntheticPanopticDataset",
+        "SyntheticReferringDataset",
+        "SyntheticSemanticDataset",
+        "collate_panoptic",
+        "collate_referring",
+        "collate_semantic",
+    }
 )
 
 
 def __getattr__(name: str) -> Any:
-    """Forward the dataset names to `samkit.data.datasets` (lazy, avoids an import cycle)."""
-    if name in _DATASET_NAMES:
-        from samkit.data import datasets
-
-        return getattr(datasets, name)
+    """Point the dataset names, once forwarded from here, to where they live."""
+    if name in _MOVED:
+        raise AttributeError(
+            f"samkit.data.synthetic has no attribute {name!r}: import it from samkit.data "
+            "(or samkit.data.datasets); this module only generates scenes, so that it does not "
+            "import the datasets built on it"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
