@@ -372,9 +372,12 @@ def build_patch_targets(
     parts = assigner(iop, iou)
     is_part = parts == 1  # n g
     big = 1e9
-    lo = torch.where(is_part[..., None], p_boxes[:, None, :2], big).amin(0)
-    hi = torch.where(is_part[..., None], p_boxes[:, None, 2:], -big).amax(0)
-    union = torch.cat([lo, hi], -1)
+    if len(p_boxes):
+        lo = torch.where(is_part[..., None], p_boxes[:, None, :2], big).amin(0)
+        hi = torch.where(is_part[..., None], p_boxes[:, None, 2:], -big).amax(0)
+        union = torch.cat([lo, hi], -1)
+    else:  # no patches (the proposer found nothing): no segment has a part
+        union = t_boxes.new_zeros(len(t_boxes), 4)
     has_part = is_part.any(0)
     union = torch.where(has_part[:, None], union, torch.zeros_like(union))
     union_iou = box_iou(union, t_boxes).diagonal() if len(t_boxes) else t_boxes.new_zeros(0)

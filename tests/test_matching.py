@@ -222,3 +222,13 @@ class TestInputContract:
             0,
             2,
         )
+
+
+def test_patch_targets_of_an_image_without_patches() -> None:
+    """A proposer can find nothing in an image; its targets are empty, not an IndexError."""
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[0, :4], masks[1, 4:], masks[2, :, :2] = True, True, True
+    no_patches = Patches(torch.zeros(0, 8, 8, dtype=torch.bool), torch.zeros(0, 4), torch.zeros(0))
+    t = build_patch_targets(no_patches, masks, torch.tensor([0, 1, 2]), num_things=2, num_stuff=1)
+    assert t.thing_parts.shape == (0, 2) and t.semantic_parts.shape == (1, 0)
+    assert not t.thing_valid.any() and not t.semantic_positive.any()

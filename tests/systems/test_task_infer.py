@@ -69,3 +69,18 @@ def test_infer_rejects_wrong_texts(system: str) -> None:
             task.infer(batch.images, texts=["only one"])  # type: ignore[attr-defined]
         else:
             task.infer(batch.images, texts=["a", "b"])  # type: ignore[attr-defined]
+
+
+def test_sam_cp_trains_on_an_image_where_the_proposer_finds_nothing() -> None:
+    """Real data with SAM patches: an image may get no patch at all (regression: IndexError)."""
+    from samkit.proposals import patches_from_masks
+    from samkit.types import Patches
+
+    task, batch = _task_and_batch("sam_cp")
+    empty = Patches(torch.zeros(0, SIZE, SIZE, dtype=torch.bool), torch.zeros(0, 4), torch.zeros(0))
+    parts = patches_from_masks(batch.segment_masks[1])  # type: ignore[attr-defined]
+    task.patches = lambda b: [empty, parts]  # type: ignore[attr-defined]
+    task.model.train()  # type: ignore[attr-defined]
+    losses = task.training_step(batch, 0)  # type: ignore[attr-defined]
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
