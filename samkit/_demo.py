@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samkit._io import write_atomic
 from samkit.data.synthetic import CLASS_NAMES, Scene, generate_scene
 from samkit.visualization import colorize_labels, draw_points, make_grid, overlay_masks, save_image
 
@@ -150,7 +151,7 @@ def step_ssp_sam(ctx: DemoContext) -> list[Path]:
     tiles = [overlay_masks(s.image, masks[b : b + 1]) for b, s in enumerate(ctx.scenes)]
     path = ctx.out / "ssp_sam.png"
     save_image(make_grid(tiles, ncols=len(tiles)), path)
-    (ctx.out / "ssp_sam_expressions.txt").write_text("\n".join(expressions) + "\n")
+    write_atomic(ctx.out / "ssp_sam_expressions.txt", ("\n".join(expressions) + "\n").encode())
     return [path]
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 __all__ = [
     "PALETTE",
     "POINT_COLORS",
+    "annotate",
     "colorize_labels",
     "draw_points",
     "make_grid",
@@ -260,15 +261,86 @@ def make_grid(
     return out
 
 
+def annotate(
+    image: np.ndarray | Tensor,
+    *,
+    title: str = "",
+    legend: Sequence[tuple[str, Color]] = (),
+    font_size: int = 12,
+) -> np.ndarray:
+    """Add a title bar above an image and a colour legend to its right.
+
+    Args:
+        image: Anything `to_uint8` accepts (e.g. the output of `overlay_masks`).
+        title: Text of the title bar (omitted when empty); long titles are cut with "...".
+        legend: `(name, colour)` entries, one row each: a swatch of the colour and the name.
+        font_size: Text height in pixels (Pillow's bundled font).
+
+    Returns:
+        `(H', W', 3)` uint8 array with the image at its original size inside, white elsewhere.
+
+    Raises:
+        ValueError: If `font_size < 4`.
+
+    Examples:
+        >>> out = annotate(torch.zeros(3, 32, 32), title="2 segments",
+        ...                legend=[("cat", (255, 0, 0)), ("sky", (0, 0, 255))])
+        >>> out.shape[0] > 32 and out.shape[1] > 32
+        True
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if font_size < 4:
+        raise ValueError(f"font_size: expected >= 4, got {font_size}")
+    base = to_uint8(image)
+    h, w = base.shape[:2]
+    font = ImageFont.load_default(size=font_size)
+    line = font_size + 6
+    swatch = font_size
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend_w = 0
+    if legend:
+        widest = max(measure.textlength(name, font=font) for name, _ in legend)
+        legend_w = int(swatch + 18 + widest)
+    title_h = line + 4 if title else 0
+    canvas_w = max(w + legend_w, 1)
+    canvas_h = max(h, len(legend) * line + 8) + title_h
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+    canvas.paste(Image.fromarray(base), (0, title_h))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        text = title
+        while len(text) > 3 and measure.textlength(text, font=font) > canvas_w - 8:
+            text = text[:-4] + "..."
+        draw.text((4, 3), text, fill=(0, 0, 0), font=font)
+    for i, (name, color) in enumerate(legend):
+        x, y = w + 6, title_h + 4 + i * line
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in color))
+        draw.text((x + swatch + 6, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
 def save_image(array: np.ndarray | Tensor, path: str | Path) -> None:
-    """Save an image with Pillow (format from the file extension, e.g. `.png`).
+    """Save an image with Pillow (format from the file extension, e.g. `.png`), atomically.
+
+    The file is written under a temporary name in the same folder and renamed into place, so a
+    reader (or a crash) never sees half an image.
 
     Args:
         array: Anything `to_uint8` accepts (an `(H, W, 3)` uint8 array, a `(3, H, W)` tensor).
         path: Destination file; parent folders are created.
     """
+    import io
+
     from PIL import Image
+
+    from samkit._io import write_atomic
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(array)).save(target)
+    fmt = Image.registered_extensions().get(target.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"path: no image format for the extension of {target}")
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(array)).save(buffer, format=fmt)
+    write_atomic(target, buffer.getvalue())

@@ -217,10 +217,10 @@ def pycocotools_mask() -> Any:
     """`pycocotools.mask`, or an ImportError that says how to install it."""
     try:
         from pycocotools import mask as mask_utils
-    except ImportError as err:  # pragma: no cover - the test extra installs it
+    except ImportError as err:  # pragma: no cover - a dependency of samkit
         raise ImportError(
             "samkit's COCO readers and writers need pycocotools; install it with "
-            "`pip install pycocotools` (or `pip install samkit[test]`)"
+            "`pip install pycocotools` (a dependency of samkit)"
         ) from err
     return mask_utils
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -21,6 +24,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    on_predictions: Callable[[Sequence[Any], Any], None] | None = None,
 ) -> dict[str, float]:
     """Run `task.predict` over `data`, update fresh metrics, sync them, summarize.
 
@@ -36,6 +40,8 @@ def evaluate(
         device: Where the model runs; batches are moved there.
         num_workers: DataLoader worker processes.
         progress: Show a tqdm bar (rank 0 only).
+        on_predictions: Called as `on_predictions(predictions, batch)` after every batch
+            (e.g. to write the predictions to files); each rank sees its own shard.
 
     Returns:
         `task.summarize(metrics)`: metric name -> value over the whole data set.
@@ -63,6 +69,8 @@ def evaluate(
                 batch = move_to_device(batch, device)
                 predictions = task.predict(batch)
                 task.update_metrics(metrics, predictions, batch)
+                if on_predictions is not None:
+                    on_predictions(predictions, batch)
     finally:
         model.train(was_training)
     for metric in metrics.values():

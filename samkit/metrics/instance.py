@@ -12,8 +12,7 @@ built as `loadRes` builds it: mask area, mask bbox, ids from 1, `iscrowd` 0).
 Class ids are samkit's 0-based labels; they become COCO category ids `label + 1`. Ground-truth
 crowd regions (`gt_iscrowd`) are matched and ignored as COCOeval does.
 
-pycocotools is an optional dependency (the `test` extra installs it); the metric raises an
-`ImportError` that says how to install it when it is missing.
+pycocotools is a dependency of samkit (the COCO readers and writers use it too).
 
 Axis legend:
     M - predicted masks
@@ -60,7 +59,7 @@ def _require_pycocotools() -> Any:
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "samkit.metrics.instance needs pycocotools for mask AP; install it with "
-            "`pip install pycocotools` (or `pip install samkit[test]`)"
+            "`pip install pycocotools` (a dependency of samkit)"
         ) from err
     return mask_utils
 

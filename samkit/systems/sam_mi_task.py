@@ -115,7 +115,7 @@ class SAMMITask:
         self,
         model: SAMMI,
         *,
-        class_names: Sequence[str],
+        class_names: Sequence[str] | None = None,
         num_things: int = 0,
         lambda_tspp: float | None = None,
         lambda_mse: float | None = None,
@@ -125,17 +125,29 @@ class SAMMITask:
         Args:
             model: The system.
             class_names: The data set's class names (label `k` is `class_names[k]`); SAM-MI
-                segments into their CLIP text embeddings.
+                segments into their CLIP text embeddings. `None`: the vocabulary the model
+                was trained on (`model.class_names`). A model without one records these
+                (so `save_pretrained` keeps the vocabulary of its training data).
             num_things: How many of them are things (SAM-MI does not distinguish; checked only).
             lambda_tspp: Weight of `L_tspp` in the full stage (default: the config's).
             lambda_mse: Weight of `L_mse` inside `L_tspp` (default: the config's).
 
         Raises:
             TypeError: If `model` is not a `SAMMI`.
-            ValueError: On a bad vocabulary (empty, repeated names, `num_things` out of range).
+            ValueError: On a bad vocabulary (empty, repeated names, `num_things` out of range),
+                or no `class_names` for a model without a vocabulary.
         """
         if not isinstance(model, SAMMI):
             raise TypeError(f"model: expected a SAMMI, got {type(model).__name__}")
+        if class_names is None:
+            if model.class_names is None:
+                raise ValueError(
+                    "class_names: SAM-MI is open-vocabulary; give the class names (the model "
+                    "records none)"
+                )
+            class_names = model.class_names
+        elif model.class_names is None:
+            model.class_names = tuple(class_names)
         self.class_names, self.num_things = check_vocabulary(
             class_names, num_things, system="SAM-MI"
         )

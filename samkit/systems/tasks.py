@@ -11,35 +11,44 @@ class's (loss weights, SAM-CP's patch source...).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from torch import nn
+from torch import Tensor, nn
 
 from samkit.engine.task import Task
 from samkit.systems.sam_cp_task import SAMCPTask
 from samkit.systems.sam_mi_task import SAMMITask
 from samkit.systems.ssp_sam_task import SSPSAMTask
 
-__all__ = ["TASKS", "build_task"]
+__all__ = ["TASKS", "SystemTask", "build_task"]
 
 TASKS: dict[str, type] = {"ssp_sam": SSPSAMTask, "sam_cp": SAMCPTask, "sam_mi": SAMMITask}
 """Task class of every system (keys as in `samkit.systems.SYSTEMS`)."""
+
+
+@runtime_checkable
+class SystemTask(Task, Protocol):
+    """A `Task` that can also run on images without annotations (what `samkit predict` uses)."""
+
+    def infer(self, images: Tensor, texts: Sequence[str] | None = None) -> list[Any]:
+        """One prediction per image (`texts`: one expression per image, referring only)."""
 
 
 def build_task(
     system: str,
     model: nn.Module,
     *,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | None,
     num_things: int = 0,
     **options: Any,
-) -> Task:
+) -> SystemTask:
     """The engine task of `system` around a built `model`.
 
     Args:
         system: `"ssp_sam"`, `"sam_cp"` or `"sam_mi"` (`-` is accepted for `_`).
         model: The built system module.
-        class_names: The data set's class names, things first.
+        class_names: The data set's class names, things first (`None`: the task's default,
+            e.g. the model's own vocabulary; referring data sets have none).
         num_things: How many of them are things.
         **options: Keyword options of the task class (see `TASKS`).
 
@@ -60,5 +69,5 @@ def build_task(
     key = system.replace("-", "_")
     if key not in TASKS:
         raise ValueError(f"system: expected one of {sorted(TASKS)}, got {system!r}")
-    task: Task = TASKS[key](model, class_names=class_names, num_things=num_things, **options)
+    task: SystemTask = TASKS[key](model, class_names=class_names, num_things=num_things, **options)
     return task

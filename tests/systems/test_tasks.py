@@ -458,7 +458,6 @@ def test_sam_cp_crowd_segments_are_no_targets_and_crowd_flags_reach_mask_ap(
     cp_data: Any,
 ) -> None:
     import dataclasses
-    from types import SimpleNamespace
 
     torch.manual_seed(0)
     model = build_sam_cp(
@@ -468,7 +467,7 @@ def test_sam_cp_crowd_segments_are_no_targets_and_crowd_flags_reach_mask_ap(
     batch = task.collate([cp_data[0], cp_data[1]])
     # the data readers' Segment has `iscrowd`; mark segment 0 of image 0 as a crowd
     segments = [list(s) for s in batch.segments]
-    segments[0][0] = SimpleNamespace(**dataclasses.asdict(segments[0][0]), iscrowd=True)
+    segments[0][0] = dataclasses.replace(segments[0][0], iscrowd=True)
     crowd = dataclasses.replace(batch, segments=segments)
     without = dataclasses.replace(
         batch,

@@ -1,4 +1,4 @@
-"""The `samkit` command line: `samkit demo [--out DIR] [...]`.
+"""`samkit demo [--out DIR] [...]`: every runnable part of samkit on generated scenes.
 
 The demo runs every part of samkit that has a runnable path on generated scenes: SAM point
 prompting, CLIP dense similarity and each system. Without arguments it uses the `tiny`
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["build_parser", "main", "run_demo"]
+__all__ = ["RANDOM_WEIGHTS_NOTE", "add_parser", "run_demo"]
 
 RANDOM_WEIGHTS_NOTE = (
     "note: the backbones have RANDOM weights, so every mask and score below is meaningless; the "
@@ -38,10 +38,8 @@ class _Timings:
         return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the `samkit` command."""
-    parser = argparse.ArgumentParser(prog="samkit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `demo` command to the `samkit` sub-parsers."""
     demo = sub.add_parser("demo", help="run samkit on generated scenes and write PNG overlays")
     demo.add_argument("--out", type=Path, default=Path("samkit-demo"), help="output folder")
     demo.add_argument("--sam-checkpoint", type=Path, default=None, help="official SAM weights")
@@ -62,19 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="scene and weight seed")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `samkit` console script."""
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        try:
-            return run_demo(args)
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
-            print(f"samkit demo: error: {err}", file=sys.stderr)
-            return 2
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    demo.set_defaults(handler=run_demo)
+    return demo
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -83,6 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from samkit import _demo
+    from samkit._io import write_atomic
 
     torch.manual_seed(args.seed)
     out: Path = args.out
@@ -101,16 +89,15 @@ def run_demo(args: argparse.Namespace) -> int:
         written += step(ctx)
         timings.add(name, "whole step", time.perf_counter() - t0)
     table = timings.markdown()
-    (out / "timings.md").write_text(
-        "# samkit demo timings\n\n"
-        + (f"_{RANDOM_WEIGHTS_NOTE}_\n\n" if random_weights else "")
-        + f"device: {ctx.device}, scenes: {args.num_scenes} x {args.size} px\n\n"
-        + table
+    write_atomic(
+        out / "timings.md",
+        (
+            "# samkit demo timings\n\n"
+            + (f"_{RANDOM_WEIGHTS_NOTE}_\n\n" if random_weights else "")
+            + f"device: {ctx.device}, scenes: {args.num_scenes} x {args.size} px\n\n"
+            + table
+        ).encode(),
     )
     print(table)
     print(f"wrote {len(written)} images and timings.md to {out.resolve()}")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
