@@ -16,13 +16,16 @@ SURFACE_FILE = Path(__file__).with_name("api_surface.json")
 PUBLIC_MODULES = [
     "samkit",
     "samkit.backbones",
+    "samkit.cli",
     "samkit.data",
+    "samkit.engine",
     "samkit.losses",
     "samkit.matching",
     "samkit.metrics",
     "samkit.modules",
     "samkit.proposals",
     "samkit.systems",
+    "samkit.systems.tasks",
     "samkit.types",
     "samkit.visualization",
 ]

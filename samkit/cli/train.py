@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a system on a data set given by a data file",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("system", help=f"one of {', '.join(SYSTEMS)}")
     p.add_argument("--train", type=Path, required=True, help="data file of the training set")
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     model.add_argument(
         "--preset",
         default=None,
-        help="builder preset (default: tiny, or the paper setting when a SAM checkpoint is given)",
+        help="builder preset (default: tiny, or the paper setting when a checkpoint is given)",
     )
     model.add_argument("--sam-checkpoint", default=None, help="SAM weights (file path)")
     model.add_argument("--clip-checkpoint", default=None, help="CLIP weights (file path)")

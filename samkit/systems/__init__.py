@@ -13,11 +13,13 @@ from samkit.systems.sam_cp import (
     SAMCPConfig,
     build_sam_cp,
 )
+from samkit.systems.sam_cp_task import SAMCPTask
 from samkit.systems.sam_mi import (
     SAMMI,
     SAMMIConfig,
     build_sam_mi,
 )
+from samkit.systems.sam_mi_task import SAMMITask
 from samkit.systems.ssp_sam import (
     REFERENCE_QUIRKS,
     SSP_SAM_PRESETS,
@@ -33,6 +35,8 @@ from samkit.systems.ssp_sam_official import (
     convert_official_state_dict,
     load_official_ssp_sam,
 )
+from samkit.systems.ssp_sam_task import SSPSAMTask
+from samkit.systems.tasks import TASKS, SystemTask, build_task
 
 __all__ = [
     "COCO_STUFF_CLASSES",
@@ -43,17 +47,23 @@ __all__ = [
     "REFERENCE_QUIRKS",
     "SAMCP",
     "SAMCPConfig",
+    "SAMCPTask",
     "SAMMI",
     "SAMMIConfig",
+    "SAMMITask",
     "SSPSAM",
     "SSPSAMConfig",
     "SSPSAMOutput",
+    "SSPSAMTask",
     "SSP_SAM_PRESETS",
     "SYSTEMS",
+    "SystemTask",
+    "TASKS",
     "build_sam_cp",
     "build_sam_mi",
     "build_ssp_sam",
     "build_system",
+    "build_task",
     "config_dict",
     "convert_official_state_dict",
     "list_systems",

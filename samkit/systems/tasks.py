@@ -20,7 +20,11 @@ from samkit.systems.sam_cp_task import SAMCPTask
 from samkit.systems.sam_mi_task import SAMMITask
 from samkit.systems.ssp_sam_task import SSPSAMTask
 
-__all__ = ["TASKS", "SystemTask", "build_task"]
+__all__ = [
+    "SystemTask",
+    "TASKS",
+    "build_task",
+]
 
 TASKS: dict[str, type] = {"ssp_sam": SSPSAMTask, "sam_cp": SAMCPTask, "sam_mi": SAMMITask}
 """Task class of every system (keys as in `samkit.systems.SYSTEMS`)."""
