@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from samkit._checks import check_binary, check_shape
+from samkit.losses._normalizer import normalizer
 from samkit.losses.box import box_l1_loss, giou_loss
 from samkit.losses.segmentation import _reduce, dice_loss, sigmoid_focal_loss
 from samkit.types import ReferringLossTerms
@@ -25,7 +26,7 @@ EmptyBox = Literal["skip", "include"]
 
 
 def _box_terms(
-    pred_boxes: Tensor, target_boxes: Tensor, empty_box: EmptyBox
+    pred_boxes: Tensor, target_boxes: Tensor, empty_box: EmptyBox, reduce_counts: bool
 ) -> tuple[Tensor, Tensor]:
     l1 = box_l1_loss(pred_boxes, target_boxes, reduction="none")  # (B,)
     giou = giou_loss(pred_boxes, target_boxes, reduction="none")
@@ -34,7 +35,7 @@ def _box_terms(
     if empty_box != "skip":
         raise ValueError(f"empty_box must be 'skip' or 'include', got {empty_box!r}")
     keep = (target_boxes[:, 2:] > 0).all(-1).to(l1.dtype)  # zero-size box = no target
-    count = keep.sum().clamp_min(1)
+    count = normalizer(keep.sum(), like=l1, reduce_counts=reduce_counts)
     return (l1 * keep).sum() / count, (giou * keep).sum() / count
 
 
@@ -54,6 +55,7 @@ def referring_loss(
     presence_logits: Tensor | None = None,
     has_target: Tensor | None = None,
     presence_weight: float = 1.0,
+    reduce_counts: bool = False,
 ) -> ReferringLossTerms:
     """Weighted referring-segmentation loss.
 
@@ -75,6 +77,11 @@ def referring_loss(
         presence_logits: Optional "has a referent" logits `(B,)` (samkit's optional GRES head).
         has_target: `(B,)` bool targets for `presence_logits`.
         presence_weight: Weight of the presence binary cross-entropy.
+        reduce_counts: Under DDP, count the non-empty target boxes (the box terms' divisor
+            with `empty_box="skip"`) over all ranks, as DETR does with `num_boxes`, so that `W`
+            processes with batch `b` each take the step of one process with batch `W * b`.
+            Every rank must then call the loss in step (as a training step does); without an
+            initialised process group it changes nothing.
 
     Returns:
         `ReferringLossTerms` with the weighted `total` and each unweighted term.
@@ -92,7 +99,7 @@ def referring_loss(
     """
     sizes = check_shape(pred_boxes, "B 4", name="pred_boxes")
     check_shape(target_boxes, "B 4", name="target_boxes", known=sizes)
-    l1, giou = _box_terms(pred_boxes, target_boxes.to(pred_boxes.dtype), empty_box)
+    l1, giou = _box_terms(pred_boxes, target_boxes.to(pred_boxes.dtype), empty_box, reduce_counts)
     if mask_logits is None or mask_targets is None:
         dice = focal = torch.zeros((), dtype=pred_boxes.dtype, device=pred_boxes.device)
     else:
@@ -144,6 +151,7 @@ class ReferringLoss(nn.Module):
         focal_gamma: float = 2.0,
         empty_box: EmptyBox = "skip",
         presence_weight: float = 1.0,
+        reduce_counts: bool = False,
     ) -> None:
         """Create the loss; the arguments are those of `referring_loss`.
 
@@ -156,6 +164,7 @@ class ReferringLoss(nn.Module):
             focal_gamma: Focal exponent.
             empty_box: `"skip"` or `"include"` (reference) for zero-size target boxes.
             presence_weight: Weight of the optional presence term.
+            reduce_counts: Reduce the box count over the DDP ranks (see `referring_loss`).
         """
         super().__init__()
         self.dice_weight = dice_weight
@@ -166,6 +175,7 @@ class ReferringLoss(nn.Module):
         self.focal_gamma = focal_gamma
         self.empty_box: EmptyBox = empty_box
         self.presence_weight = presence_weight
+        self.reduce_counts = reduce_counts
 
     def forward(
         self,
@@ -192,4 +202,5 @@ class ReferringLoss(nn.Module):
             presence_logits=presence_logits,
             has_target=has_target,
             presence_weight=self.presence_weight,
+            reduce_counts=self.reduce_counts,
         )

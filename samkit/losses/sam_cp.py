@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from samkit._checks import check_shape, check_unit_interval
+from samkit.losses._normalizer import normalizer
 from samkit.losses.segmentation import dice_loss, sigmoid_focal_loss
 from samkit.matching import HungarianPatchMatcher
 from samkit.types import PatchTargets, SAMCPOutput
@@ -40,6 +41,7 @@ def sam_cp_loss(
     dice_weight: float = 1.0,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    reduce_counts: bool = False,
 ) -> dict[str, Tensor]:
     """SAM-CP loss summed over decoder layers.
 
@@ -56,6 +58,11 @@ def sam_cp_loss(
         dice_weight: Weight of the dice losses (1.0).
         alpha: Focal alpha.
         gamma: Focal gamma.
+        reduce_counts: Under DDP, sum the per-layer counts that normalise the terms (matched
+            things, present stuff classes) over all ranks, as DETR does with `num_boxes`, so
+            that `W` processes with batch `b` each take the step of one process with batch
+            `W * b`. Every rank must then call the loss in step (as a training step does);
+            without an initialised process group it changes nothing.
 
     Returns:
         Dict with `loss` (the weighted total) and the unweighted per-term sums over layers
@@ -84,7 +91,7 @@ def sam_cp_loss(
     zero = output.affinities.sum() * 0.0
     terms = {key: zero for key in _KEYS}
     for layer in range(num_layers):
-        parts = _layer_terms(output, targets, layer, matcher, alpha, gamma)
+        parts = _layer_terms(output, targets, layer, matcher, alpha, gamma, reduce_counts)
         terms = {key: terms[key] + parts[key] for key in _KEYS}
     weights = {
         "cls": class_weight,
@@ -105,11 +112,12 @@ def _layer_terms(
     matcher: HungarianPatchMatcher,
     alpha: float,
     gamma: float,
+    reduce_counts: bool,
 ) -> dict[str, Tensor]:
     s, c = output.num_semantic, output.num_things
     zero = output.affinities.sum() * 0.0
     sums = {key: zero for key in _KEYS}
-    num_pos, num_matched, num_sem_pos = 0, 0, 0
+    num_matched, num_sem_pos = 0, 0  # the class loss is normalised by the matches too
     sizes = output.sizes
     query_valid = ~output.query_padding_mask
     for i, tgt in enumerate(targets):
@@ -135,7 +143,6 @@ def _layer_terms(
         cls_weight[ignored] = 0.0
         fl = sigmoid_focal_loss(inst_cls, cls_target, alpha=alpha, gamma=gamma, reduction="none")
         sums["cls"] = sums["cls"] + (fl * cls_weight).sum()
-        num_pos += len(q_idx)
         num_matched += len(q_idx)
         part_rows = tgt.thing_parts[:, g_idx].T  # m n
         a_loss, d_loss = _affinity_terms(inst_aff[q_idx], part_rows, alpha, gamma)
@@ -150,13 +157,15 @@ def _layer_terms(
         a_loss, d_loss = _affinity_terms(aff[pos], tgt.semantic_parts[pos], alpha, gamma)
         sums["sem_affinity"] = sums["sem_affinity"] + a_loss
         sums["sem_dice"] = sums["sem_dice"] + d_loss
+    things = normalizer(num_matched, like=zero, reduce_counts=reduce_counts)
+    stuff = normalizer(num_sem_pos, like=zero, reduce_counts=reduce_counts)
     norm = {
-        "cls": max(num_pos, 1),
-        "affinity": max(num_matched, 1),
-        "dice": max(num_matched, 1),
-        "sem_cls": max(num_sem_pos, 1),
-        "sem_affinity": max(num_sem_pos, 1),
-        "sem_dice": max(num_sem_pos, 1),
+        "cls": things,
+        "affinity": things,
+        "dice": things,
+        "sem_cls": stuff,
+        "sem_affinity": stuff,
+        "sem_dice": stuff,
     }
     return {key: sums[key] / norm[key] for key in _KEYS}
 
@@ -200,6 +209,7 @@ class SAMCPLoss(nn.Module):
         dice_weight: float = 1.0,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        reduce_counts: bool = False,
     ) -> None:
         """Create the loss; see `sam_cp_loss` for the arguments."""
         super().__init__()
@@ -209,6 +219,7 @@ class SAMCPLoss(nn.Module):
         self.dice_weight = dice_weight
         self.alpha = alpha
         self.gamma = gamma
+        self.reduce_counts = reduce_counts
 
     def forward(self, output: SAMCPOutput, targets: list[PatchTargets]) -> dict[str, Tensor]:
         """Compute the loss dict; see `sam_cp_loss`."""
@@ -221,4 +232,5 @@ class SAMCPLoss(nn.Module):
             dice_weight=self.dice_weight,
             alpha=self.alpha,
             gamma=self.gamma,
+            reduce_counts=self.reduce_counts,
         )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samkit._checks import as_float, check_probabilities, check_shape
+from samkit.losses._normalizer import normalizer
 from samkit.losses.segmentation import _loss_dtype
 from samkit.modules.tspp import masks_from_labels, tspp_targets
 from samkit.types import SAMMIOutput, TSPPOutput
@@ -41,6 +42,7 @@ def cost_aggregation_loss(
     *,
     ignore_index: int = 255,
     ignore_mode: Literal["zero", "exclude"] = "zero",
+    reduce_counts: bool = False,
 ) -> Tensor:
     """CAT-Seg's segmentation loss: per-class binary cross-entropy with one-hot targets.
 
@@ -50,6 +52,8 @@ def cost_aggregation_loss(
         ignore_index: The void label.
         ignore_mode: `"zero"` (reference: void pixels count, with an all-zero target) or
             `"exclude"` (void pixels are left out of the mean).
+        reduce_counts: Under DDP with `"exclude"`, count the valid pixels over all ranks (see
+            `tspp_loss`).
 
     Returns:
         The scalar loss (0 for an empty batch).
@@ -74,7 +78,8 @@ def cost_aggregation_loss(
     if ignore_mode != "exclude":
         raise ValueError(f"ignore_mode must be 'zero' or 'exclude', got {ignore_mode!r}")
     valid = (labels != ignore_index)[:, None].to(loss.dtype)
-    return (loss * valid).sum() / (valid.sum() * s["T"]).clamp_min(1)
+    count = valid.sum() * s["T"]
+    return (loss * valid).sum() / normalizer(count, like=loss, reduce_counts=reduce_counts)
 
 
 def tspp_loss(
@@ -84,6 +89,7 @@ def tspp_loss(
     *,
     lambda_mse: float = 0.5,
     ignore_index: int = 255,
+    reduce_counts: bool = False,
 ) -> Tensor:
     """`L_tspp = L_ce^mask + lambda_mse * L_mse` (SAM-MI §3.2).
 
@@ -93,6 +99,11 @@ def tspp_loss(
         labels: Class ids `(B, H, W)`; the mask logits are upsampled to this size.
         lambda_mse: Weight of the probability MSE (paper: 0.5).
         ignore_index: Void label, left out of the cross-entropy.
+        reduce_counts: Under DDP, count the non-void pixels (the cross-entropy's divisor) over
+            all ranks, as DETR does with `num_boxes`, so that `W` processes with batch `b` each
+            take the step of one process with batch `W * b` when the images hold different
+            amounts of void. Every rank must then call the loss in step (as a training step
+            does); without an initialised process group it changes nothing.
 
     Returns:
         The scalar loss (0 contribution from the cross-entropy when every pixel is void; 0 for
@@ -120,7 +131,7 @@ def tspp_loss(
     mask_logits = as_float(output.mask_logits, name="mask_logits", dtype=dtype)
     up = _upsample(mask_logits, tuple(labels.shape[-2:]))  # type: ignore[arg-type]
     ce = F.cross_entropy(up, labels.long(), ignore_index=ignore_index, reduction="sum")
-    ce = ce / (labels != ignore_index).sum().clamp_min(1)
+    ce = ce / normalizer((labels != ignore_index).sum(), like=ce, reduce_counts=reduce_counts)
     mse = F.mse_loss(prob, prob_targets, reduction="sum") / max(prob.numel(), 1)
     return ce + lambda_mse * mse
 
@@ -156,6 +167,7 @@ class SAMMILoss(nn.Module):
         m_p: int = 10,
         ignore_index: int = 255,
         ignore_mode: Literal["zero", "exclude"] = "zero",
+        reduce_counts: bool = False,
     ) -> None:
         """Create the objective (defaults: the paper's).
 
@@ -166,11 +178,14 @@ class SAMMILoss(nn.Module):
             m_p: Cap on expected points per mask (paper: 10).
             ignore_index: Void label.
             ignore_mode: Void handling of the BCE (see `cost_aggregation_loss`).
+            reduce_counts: Reduce the pixel counts that normalise the losses over the DDP
+                ranks (see `tspp_loss`).
         """
         super().__init__()
         self.lambda_tspp, self.lambda_mse = lambda_tspp, lambda_mse
         self.g_p, self.m_p = g_p, m_p
         self.ignore_index, self.ignore_mode = ignore_index, ignore_mode
+        self.reduce_counts = reduce_counts
         self.last_terms: dict[str, float] = {}
 
     def targets(self, labels: Tensor, num_classes: int, grid: int) -> Tensor:
@@ -214,6 +229,7 @@ class SAMMILoss(nn.Module):
                 labels,
                 lambda_mse=self.lambda_mse,
                 ignore_index=self.ignore_index,
+                reduce_counts=self.reduce_counts,
             )
         elif stage == 1:
             raise ValueError("stage 1 trains TSPP, but the output has no TSPP part")
@@ -222,7 +238,11 @@ class SAMMILoss(nn.Module):
         else:
             assert isinstance(output, SAMMIOutput)
             l_ce = cost_aggregation_loss(
-                output.logits, labels, ignore_index=self.ignore_index, ignore_mode=self.ignore_mode
+                output.logits,
+                labels,
+                ignore_index=self.ignore_index,
+                ignore_mode=self.ignore_mode,
+                reduce_counts=self.reduce_counts,
             )
             total = l_ce + self.lambda_tspp * l_tspp
         self.last_terms = {

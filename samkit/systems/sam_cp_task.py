@@ -107,7 +107,10 @@ class SAMCPTask:
         self.patch_source: PatchSource = patches
         self.with_mask_ap = mask_ap
         self.criterion = SAMCPLoss(
-            class_weight=class_weight, affinity_weight=affinity_weight, dice_weight=dice_weight
+            class_weight=class_weight,
+            affinity_weight=affinity_weight,
+            dice_weight=dice_weight,
+            reduce_counts=True,  # under DDP, 2 x batch b takes the step of batch 2b
         )
 
     # ------------------------------------------------------------------ training

@@ -159,6 +159,7 @@ class SAMMITask:
             lambda_mse=cfg.lambda_mse if lambda_mse is None else lambda_mse,
             g_p=cfg.g_p,
             m_p=cfg.m_p,
+            reduce_counts=True,  # under DDP, 2 x batch b takes the step of batch 2b
         )
 
     def _model_stage(self, stage: int) -> int:

@@ -155,6 +155,7 @@ class SSPSAMTask:
             l1_weight=l1_weight,
             giou_weight=giou_weight,
             presence_weight=presence_weight,
+            reduce_counts=True,  # under DDP, 2 x batch b takes the step of batch 2b
         )
 
     # ------------------------------------------------------------------ training
