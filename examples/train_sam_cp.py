@@ -59,9 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps")
     p.add_argument("--patches", choices=("oracle", "sam"), default="oracle")
     p.add_argument("--max-parts", type=int, default=4, help="oracle split: parts per segment")
-    p.add_argument(
-        "--out", type=str, default=None, help="run directory (default: a temporary one)"
-    )
+    p.add_argument("--out", type=str, default=None, help="run directory (default: a temporary one)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0)
