@@ -18,7 +18,8 @@ def test_save_and_resume(tmp_path: Path) -> None:
     first = train.main(["--steps", "2", "--eval-every", "0", *common])
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
     assert 0.0 <= first["baseline_pq"] <= 1.0  # the unmerged baseline (oracle parts)
-    out = train.main(["--steps", "3", "--eval-every", "0", "--resume", *common])
+    with pytest.warns(UserWarning, match="different configuration"):  # steps 2 -> 3
+        out = train.main(["--steps", "3", "--eval-every", "0", "--resume", *common])
     assert list_checkpoints(tmp_path)[-1].name == "step_000000003.pt"
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["history"][-1]["step"] == 3 and 0.0 <= out["pq"] <= 1.0

@@ -66,7 +66,7 @@ def test_tiny_ssp_sam_learns_synthetic_gres(tmp_path: Path) -> None:
     decision leans on the text prior and can flip while the learning rate is high.
     """
     result = load_example("train_ssp_sam").main(
-        ["--out", str(tmp_path), "--no-progress", "--steps", "1000"]
+        ["--out", str(tmp_path), "--no-progress", "--steps", "1000", "--threads", "1"]
     )
     metrics, base = result["metrics"], result["baselines"]
     assert metrics["giou"] >= result["best_baseline_giou"] + 0.02, result["table"]
