@@ -10,10 +10,11 @@ from types import ModuleType
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def load_example(name: str) -> ModuleType:
-    """Load `examples/<name>.py` under the module name `name` (registered in `sys.modules`,
-    where dataclasses look their module up while the class is built)."""
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+def load_example(name: str, directory: Path = EXAMPLES) -> ModuleType:
+    """Load `<directory>/<name>.py` (default `examples/`) under the module name `name`
+    (registered in `sys.modules`, where dataclasses look their module up while the class is
+    built)."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -1,8 +1,8 @@
 """Unreadable checkpoint files fail clearly: the file is named with the kind that was expected.
 
-Every loader of the library (SAM, CLIP, the SSP-SAM release) and of the examples (resume
-states) reads through `samkit._io.read_checkpoint`; each is fed empty, garbage and truncated
-`.pth` / `.pt` / `.safetensors` files here.
+Every loader of the library (SAM, CLIP, the SSP-SAM release, the engine's training checkpoints
+that the examples' `--resume` reads) goes through `samkit._io.read_checkpoint`; each is fed
+empty, garbage and truncated `.pth` / `.pt` / `.safetensors` files here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import nn
 from samkit._io import read_checkpoint
 from samkit.backbones.clip import build_clip_backbone
 from samkit.backbones.sam import build_sam_backbone
+from samkit.engine.checkpoint import load_checkpoint
 from samkit.proposals import load_patches
 from samkit.systems.ssp_sam import SSPSAM, build_ssp_sam
 from samkit.systems.ssp_sam_official import load_official_ssp_sam
-from tests._examples import load_example
 
 Loader = Callable[[Path], Any]
 
@@ -41,52 +41,6 @@ def _small_model() -> tuple[nn.Module, torch.optim.Optimizer]:
     return model, opt
 
 
-def _resume_sam_cp() -> Loader:
-    """The SAM-CP example's resume: the other file of the pair is valid."""
-    ex = load_example("train_sam_cp")
-    model, opt = _small_model()
-
-    def load(path: Path) -> Any:
-        ex.save_checkpoint(path.parent / "good", model, opt, 3)
-        for name in ("last.safetensors", "last_state.pt"):
-            if name != path.name:
-                (path.parent / name).write_bytes((path.parent / "good" / name).read_bytes())
-        return ex.load_checkpoint(path.parent, model, opt)
-
-    return load
-
-
-def _resume_sam_mi() -> Loader:
-    """The SAM-MI example's resume (it had a `torch.load` without `weights_only`)."""
-    ex = load_example("train_sam_mi")
-    model, opt = _small_model()
-
-    def load(path: Path) -> Any:
-        ex.save_checkpoint(path.parent / "good", model, opt, {"stage": 1, "step": 3})
-        for name in ("last.safetensors", "last_optim.pt"):
-            if name != path.name:
-                (path.parent / name).write_bytes((path.parent / "good" / name).read_bytes())
-        return ex.load_checkpoint(path.parent, model, opt)
-
-    return load
-
-
-def _resume_ssp_sam(model: SSPSAM) -> Loader:
-    """The SSP-SAM example's resume."""
-    ex = load_example("train_ssp_sam")
-    opt = torch.optim.AdamW(model.param_groups())
-
-    def load(path: Path) -> Any:
-        args = ex.parse_args(["--out", str(path.parent / "good")])
-        ex.save(path.parent / "good", model, opt, 3, args)
-        for name in ("model.safetensors", "state.pt"):
-            if name != path.name:
-                (path.parent / name).write_bytes((path.parent / "good" / name).read_bytes())
-        return ex.load(path.parent, model, opt)
-
-    return load
-
-
 LOADERS: dict[str, tuple[str, str]] = {
     # id: (kind named in the error, file name)
     "sam-pth": ("SAM checkpoint", "sam_vit_b.pth"),
@@ -94,12 +48,8 @@ LOADERS: dict[str, tuple[str, str]] = {
     "clip-pt": ("CLIP checkpoint", "ViT-B-16.pt"),
     "clip-safetensors": ("CLIP checkpoint", "clip.safetensors"),
     "ssp-sam-official": ("SSP-SAM official checkpoint", "checkpoint_best_miou.pth"),
-    "sam-cp-model": ("SAM-CP resume state", "last.safetensors"),
-    "sam-cp-state": ("SAM-CP resume state", "last_state.pt"),
-    "sam-mi-model": ("SAM-MI resume state", "last.safetensors"),
-    "sam-mi-optim": ("SAM-MI resume state", "last_optim.pt"),
-    "ssp-sam-model": ("SSP-SAM resume state", "model.safetensors"),
-    "ssp-sam-state": ("SSP-SAM resume state", "state.pt"),
+    # the examples' `--resume` (and any engine run's) reads the engine's checkpoints
+    "engine-checkpoint": ("samkit training checkpoint", "step_000000003.pt"),
     "patches": ("samkit patches file", "patches.safetensors"),
 }
 
@@ -114,11 +64,8 @@ def loader_for(case: str, ssp_sam: SSPSAM) -> Loader:
         return lambda p: load_official_ssp_sam(p, config="tiny")
     if case == "patches":
         return load_patches
-    if case.startswith("sam-cp"):
-        return _resume_sam_cp()
-    if case.startswith("sam-mi"):
-        return _resume_sam_mi()
-    return _resume_ssp_sam(ssp_sam)
+    assert case == "engine-checkpoint", case
+    return load_checkpoint
 
 
 def _valid_bytes(path: Path) -> bytes:

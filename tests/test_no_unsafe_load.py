@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from samkit._io import read_checkpoint
 from samkit.backbones.clip import build_clip_backbone
 from samkit.backbones.sam import build_sam_backbone
+from samkit.engine.checkpoint import load_checkpoint
 from samkit.systems.ssp_sam_official import load_official_ssp_sam
 from tests._examples import load_example
 
@@ -136,36 +136,13 @@ def _crafted(path: Path, style: str) -> Path:
     return path
 
 
-def _example_loader(example: str, files: tuple[str, str]) -> Callable[[Path], Any]:
-    ex = load_example(example)
-    model = nn.Linear(3, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def load(path: Path) -> Any:
-        from safetensors.torch import save_file
-
-        if path.name != files[0]:  # a valid model file next to the crafted state
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()}, path.parent / files[0]
-            )
-        return ex.load_checkpoint(path.parent, model, opt)
-
-    return load
-
-
 LOADERS: dict[str, tuple[str, Callable[[], Callable[[Path], Any]]]] = {
     "read_checkpoint": ("ckpt.pt", lambda: lambda p: read_checkpoint(p, kind="checkpoint")),
     "sam": ("sam.pth", lambda: lambda p: build_sam_backbone("tiny", checkpoint=p)),
     "clip": ("clip.pt", lambda: lambda p: build_clip_backbone("tiny", checkpoint=p)),
     "ssp-sam-official": ("ssp.pth", lambda: lambda p: load_official_ssp_sam(p, config="tiny")),
-    "sam-cp-resume": (
-        "last_state.pt",
-        lambda: _example_loader("train_sam_cp", ("last.safetensors", "last_state.pt")),
-    ),
-    "sam-mi-resume": (
-        "last_optim.pt",
-        lambda: _example_loader("train_sam_mi", ("last.safetensors", "last_optim.pt")),
-    ),
+    # the examples' `--resume` (and any engine run's): the engine's checkpoints
+    "engine-resume": ("step_000000001.pt", lambda: load_checkpoint),
 }
 
 
@@ -190,19 +167,16 @@ def test_crafted_pickle_is_refused(
     assert MARKER == [], "unpickling the crafted file ran code"
 
 
-def test_ssp_sam_example_resume_refuses_crafted_state(
+def test_example_resume_refuses_crafted_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ex = load_example("train_ssp_sam")
-    from samkit.systems.ssp_sam import build_ssp_sam
-
-    torch.manual_seed(0)
-    model = build_ssp_sam("tiny")
-    opt = torch.optim.AdamW(model.param_groups())
-    ex.save(tmp_path, model, opt, 1, ex.parse_args(["--out", str(tmp_path)]))
-    _crafted(tmp_path / "state.pt", "torch.save")
+    """An example's `--resume` reads `--out/checkpoints/step_*.pt` with weights_only."""
+    ex = load_example("train_sam_mi")
+    (tmp_path / "checkpoints").mkdir()
+    _crafted(tmp_path / "checkpoints" / "step_000000001.pt", "torch.save")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     MARKER.clear()
-    with pytest.raises(ValueError, match="state.pt: not a readable SSP-SAM resume state"):
-        ex.load(tmp_path, model, opt)
+    args = ["--out", str(tmp_path), "--no-progress", "--train-scenes", "2", "--val-scenes", "1"]
+    with pytest.raises(ValueError, match="step_000000001.pt: not a readable samkit training"):
+        ex.main([*args, "--size", "32", "--steps1", "1", "--steps2", "1", "--resume"])
     assert MARKER == []

@@ -7,17 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from samkit.engine.checkpoint import list_checkpoints
 from tests._examples import load_example
 
 
 def test_save_and_resume(tmp_path: Path) -> None:
     train = load_example("train_sam_cp")
     common = ["--eval-scenes", "2", "--size", "64", "--no-progress", "--out", str(tmp_path)]
-    train.main(["--steps", "2", "--eval-every", "0", *common])
-    assert (tmp_path / "last.safetensors").exists() and (tmp_path / "last_state.pt").exists()
-    out = train.main(["--steps", "3", "--eval-every", "0", "--resume", *common])
-    history = json.loads((tmp_path / "metrics.json").read_text())
-    assert history[-1]["step"] == 3 and 0.0 <= out["pq"] <= 1.0
+    common += ["--train-scenes", "16"]
+    first = train.main(["--steps", "2", "--eval-every", "0", *common])
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
+    assert 0.0 <= first["baseline_pq"] <= 1.0  # the unmerged baseline (oracle parts)
+    with pytest.warns(UserWarning, match="different configuration"):  # steps 2 -> 3
+        out = train.main(["--steps", "3", "--eval-every", "0", "--resume", *common])
+    assert list_checkpoints(tmp_path)[-1].name == "step_000000003.pt"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["history"][-1]["step"] == 3 and 0.0 <= out["pq"] <= 1.0
     with pytest.raises(FileNotFoundError, match="resume"):
         train.main(["--steps", "1", "--resume", "--no-progress"])
 
@@ -26,9 +31,9 @@ def test_sam_patch_mode_trains_and_evaluates() -> None:
     train = load_example("train_sam_cp")
     out = train.main(
         ["--patches", "sam", "--steps", "2", "--eval-every", "0", "--eval-scenes", "2",
-         "--size", "64", "--no-progress"]
+         "--train-scenes", "8", "--size", "64", "--no-progress"]
     )  # fmt: skip
-    assert 0.0 <= out["pq"] <= 1.0 and 0.0 <= out["miou"] <= 1.0
+    assert 0.0 <= out["pq"] <= 1.0 and 0.0 <= out["mIoU"] <= 1.0
     assert "baseline_pq" not in out  # the unmerged baseline needs oracle parts
 
 
@@ -45,6 +50,6 @@ def test_tiny_sam_cp_merges_oracle_patches() -> None:
             "--no-progress",
         ]
     )  # fmt: skip
-    assert metrics["pq"] >= 0.5
-    assert metrics["pq"] > metrics["baseline_pq"] + 0.15
-    assert metrics["miou"] > 0.4
+    assert metrics["pq"] >= 0.5, metrics
+    assert metrics["pq"] > metrics["baseline_pq"] + 0.15, metrics
+    assert metrics["mIoU"] > 0.4, metrics

@@ -4,58 +4,72 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
+import torch
 
+from samkit.engine.checkpoint import latest_checkpoint, load_checkpoint
+from samkit.systems.ssp_sam import build_ssp_sam
 from tests._examples import load_example
 
 
 def test_example_checkpoint_and_resume(tmp_path: Path) -> None:
     main = load_example("train_ssp_sam").main
     args = ["--out", str(tmp_path), "--no-progress", "--train-scenes", "4", "--val-scenes", "2"]
-    first = main([*args, "--steps", "2", "--eval-every", "2", "--batch-size", "2"])
+    args += ["--image-size", "64", "--batch-size", "2"]
+    first = main([*args, "--steps", "2", "--eval-every", "2"])
     assert first["steps"] == 2 and len(first["history"]) == 1
-    weights = load_file(str(tmp_path / "model.safetensors"))
-    assert any(k.startswith("sam.mask_decoder.") for k in weights)
-    assert any(k.startswith("prompt_encoder.") for k in weights)
-    assert not any(k.startswith(("clip.", "sam.image_encoder.")) for k in weights)
-    second = main([*args, "--steps", "3", "--eval-every", "10", "--batch-size", "2", "--resume"])
+    with pytest.warns(UserWarning, match="different configuration"):
+        second = main([*args, "--steps", "3", "--eval-every", "10", "--resume"])
     assert second["steps"] == 3
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and load_checkpoint(latest)["step"] == 3
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["baselines"]) == {"empty", "union", "largest"}
-    assert "ssp-sam" in saved["table"]
+    assert "ssp-sam" in saved["table"] and [r["step"] for r in saved["history"]] == [2, 3]
+    assert set(saved["by_kind"]) <= {"unique", "plural", "spatial", "size", "absent"}
 
 
 def test_example_trains_the_clip_image_tower(tmp_path: Path) -> None:
+    """`--set clip_trainable="visual"` trains CLIP's image tower, not its text tower."""
     main = load_example("train_ssp_sam").main
     args = ["--out", str(tmp_path), "--no-progress", "--train-scenes", "4", "--val-scenes", "2"]
-    args += ["--eval-every", "10", "--batch-size", "2", "--set", 'clip_trainable="visual"']
-    main([*args, "--steps", "2"])
-    weights = load_file(str(tmp_path / "model.safetensors"))
-    assert any(k.startswith("clip.model.visual.") for k in weights)
-    assert not any(k.startswith("clip.model.transformer.") for k in weights)  # text: frozen
-    assert main([*args, "--steps", "3", "--resume"])["steps"] == 3
-    with pytest.raises(SystemExit, match="caches CLIP text states"):
-        main([*args[:-1], 'clip_trainable="all"', "--steps", "1"])
+    args += ["--image-size", "64", "--eval-every", "10", "--batch-size", "2"]
+    overrides = ["--set", 'clip_trainable="visual"']
+    main([*args, "--steps", "2", *overrides])
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None
+    trained = load_checkpoint(latest)["model"]
+    ex = load_example("train_ssp_sam")
+    torch.manual_seed(0)  # the example's seed: the same initial weights
+    initial = build_ssp_sam(
+        "tiny", **ex.parse_overrides([*ex.DEFAULT_OVERRIDES, 'clip_trainable="visual"'])
+    ).state_dict()
+
+    def changed(prefix: str) -> bool:
+        keys = [k for k in initial if k.startswith(prefix)]
+        assert keys, prefix
+        return any(not torch.equal(initial[k], trained[k]) for k in keys)
+
+    assert changed("clip.model.visual.") and changed("sam.mask_decoder.")
+    assert not changed("clip.model.transformer.")  # text tower: frozen
+    assert not changed("sam.image_encoder.")
     with pytest.raises(SystemExit, match="quote strings"):
-        main([*args[:-1], "sam_variant=small", "--steps", "1"])
+        main([*args, "--set", "sam_variant=small", "--steps", "1"])
 
 
 @pytest.mark.slow
 def test_tiny_ssp_sam_learns_synthetic_gres(tmp_path: Path) -> None:
-    """The documented run (docs/systems/ssp-sam.md): example defaults, training capped at 540 s.
+    """The documented run (docs/systems/ssp-sam.md) shortened to 1000 steps for CI.
 
-    Measured (1500 steps, one thread): gIoU 0.478, cIoU 0.398, N-acc 0.867, T-acc 0.750 vs
-    gIoU 0.250 / 0.430 / 0.397 for the always-empty / union / largest-object baselines (cIoU at
-    most 0.344). Capped at 540 s on a loaded machine (1119 and 1142 steps, seeds 0 and 1): gIoU
-    0.467 / 0.469, N-acc 0.867 both. The issue's gIoU target (best baseline + 0.2) is *not*
-    reached.
-
-    The cap cuts the step-based schedule short, so the example's cosine then follows the clock
-    (`--time-limit`); before it did, a CI run stopped at step 1031 with the lr still high and the
-    no-target decision flipped to "always a target" (N-acc 0.000). N-acc is asserted loosely.
+    The example's defaults otherwise (batch 32, lr 2e-3, 100 warm-up steps, cosine to 5%), so the
+    run ends annealed. Measured (one thread, 1007 s at load average 4 to 6): gIoU 0.475, cIoU
+    0.374, N-acc 0.867, T-acc 0.750, plural IoU 0.665, unique IoU 0.225 (judged present 0.400),
+    vs gIoU 0.250 / 0.430 / 0.397 for the always-empty / union / largest-object baselines. The
+    issue's gIoU target (best baseline + 0.2) is *not* reached; what is asserted is what the docs
+    report as learnt. N-acc is asserted loosely: the no-target
+    decision leans on the text prior and can flip while the learning rate is high.
     """
     result = load_example("train_ssp_sam").main(
-        ["--out", str(tmp_path), "--no-progress", "--time-limit", "540"]
+        ["--out", str(tmp_path), "--no-progress", "--steps", "1000", "--threads", "1"]
     )
     metrics, base = result["metrics"], result["baselines"]
     assert metrics["giou"] >= result["best_baseline_giou"] + 0.02, result["table"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,9 @@ from samkit.systems.ssp_sam import build_ssp_sam
 from samkit.systems.ssp_sam_task import SSPSAMTask, distinct_images
 from samkit.systems.tasks import TASKS, build_task
 from tests._examples import load_example
+
+# the examples' own loops before they called the engine: the reference the tasks must equal
+PRE_ENGINE = Path(__file__).parent / "pre_engine_examples"
 
 
 def _close(a: float, b: float, tol: float = 1e-6) -> bool:
@@ -97,7 +101,7 @@ SSP_OVERRIDES = {"target_head": True}
 
 @pytest.fixture(scope="module")
 def ssp_example() -> Any:
-    return load_example("train_ssp_sam")
+    return load_example("train_ssp_sam", PRE_ENGINE)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +225,7 @@ def test_ssp_sam_prediction_does_not_depend_on_the_batch(ssp_data: Any) -> None:
 
 @pytest.fixture(scope="module")
 def cp_example() -> Any:
-    return load_example("train_sam_cp")
+    return load_example("train_sam_cp", PRE_ENGINE)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +347,7 @@ def test_sam_cp_vocabulary_errors(cp_data: Any) -> None:
 
 @pytest.fixture(scope="module")
 def mi_example() -> Any:
-    return load_example("train_sam_mi")
+    return load_example("train_sam_mi", PRE_ENGINE)
 
 
 @pytest.fixture(scope="module")
