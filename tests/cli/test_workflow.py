@@ -341,3 +341,28 @@ def test_bad_input_is_a_one_line_error(
     image = str(_images(files)[0])
     _error(capsys, ["predict", run, image, "--out", str(tmp_path), "--text", "x"], "--text")
     _error(capsys, ["predict", str(runs["ssp-sam"]), image, "--out", str(tmp_path)], "--text")
+
+
+def test_torchrun_trains_one_run_with_two_processes(data: dict, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m samkit.cli train ...`: one run, written by rank 0 once."""
+    import os
+    import subprocess
+    import sys
+
+    files = data["semantic_folder"]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "samkit.cli", "train", "sam-mi",
+           "--train", str(files["train"]), "--val", str(files["val"]), "--out", str(run),
+           "--steps", "1,1", "--batch-size", "1", "--no-progress", "--device", "cpu",
+           "--log-every", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 stays quiet
+    info = json.loads((run / "run.json").read_text())
+    assert info["finished"] is True
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [(r["stage"], r["step"]) for r in rows if r.get("kind") == "train"]
+    assert len(steps) == len(set(steps)) == 2  # one row per step, not one per process
+    assert (run / "model" / "model.safetensors").is_file()

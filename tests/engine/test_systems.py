@@ -53,7 +53,6 @@ from samkit.systems.tasks import build_task
 SYSTEMS = ("ssp_sam", "sam_cp", "sam_mi")
 WORLD = 2
 DDP_LR = 4e-7
-SYNC_XFAIL = "metric sync lands with the pretrained branch"
 
 
 class VoidBand(Dataset):
@@ -327,7 +326,6 @@ def _same_metrics(got: dict[str, float], want: dict[str, float]) -> None:
         ), key
 
 
-@pytest.mark.xfail(strict=True, reason=SYNC_XFAIL)
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_evaluation_on_two_processes_gives_the_metrics_of_one(system: str, ddp: Any) -> None:
     _, ranks = ddp
