@@ -177,8 +177,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(p.parent)
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (a rename into it) to disk, where the platform allows it."""
     try:
-        dir_fd = os.open(p.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open directories
         return
     try:

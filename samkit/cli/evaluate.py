@@ -38,25 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def default_device(device: str | None) -> str:
-    """`device`, or `cuda` when present (the local rank's under torchrun), else `cpu`."""
-    import os
-
-    import torch
-
-    if device is not None:
-        return device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """Run `samkit eval`; returns the exit code."""
     from samkit.cli.predict import load_run
     from samkit.data import load_data_file
     from samkit.engine import evaluate
-    from samkit.engine.distributed import init_distributed, is_main_process, world_size
+    from samkit.engine.distributed import (
+        default_device,
+        init_distributed,
+        is_main_process,
+        world_size,
+    )
     from samkit.systems.tasks import build_task
 
     info = RunInfo.read(args.run)
@@ -83,7 +75,7 @@ def run_eval(args: argparse.Namespace) -> int:
         task,
         data,
         batch_size=args.batch_size,
-        device=default_device(args.device),
+        device=args.device if args.device is not None else default_device(),
         num_workers=args.workers,
         progress=not args.no_progress,
         on_predictions=writer.add if writer is not None else None,

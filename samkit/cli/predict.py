@@ -225,7 +225,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from samkit.cli.evaluate import default_device
+    from samkit.engine.distributed import default_device
     from samkit.systems.tasks import build_task
     from samkit.visualization import save_image
 
@@ -247,7 +247,7 @@ def run_predict(args: argparse.Namespace) -> int:
             else (0 if system == "sam_mi" else len(names))
         )
     images = [read_image(p) for p in args.images]  # every file is checked before any work
-    device = torch.device(default_device(args.device))
+    device = torch.device(args.device) if args.device is not None else default_device()
     model = load_run(args.run, info).to(device).eval()
     task = build_task(system, model, class_names=names, num_things=things, **info.task_options)
     writer = prediction_writer(system, args.out, class_names=names, num_things=things)

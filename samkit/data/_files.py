@@ -214,14 +214,9 @@ def coco_images(data: Any, path: PathLike) -> dict[int, dict[str, Any]]:
 
 
 def pycocotools_mask() -> Any:
-    """`pycocotools.mask`, or an ImportError that says how to install it."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as err:  # pragma: no cover - a dependency of samkit
-        raise ImportError(
-            "samkit's COCO readers and writers need pycocotools; install it with "
-            "`pip install pycocotools` (a dependency of samkit)"
-        ) from err
+    """`pycocotools.mask` (a dependency of samkit), imported when first needed."""
+    from pycocotools import mask as mask_utils
+
     return mask_utils
 
 

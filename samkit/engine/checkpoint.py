@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from samkit._io import read_checkpoint
+from samkit._io import fsync_dir, read_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -81,17 +81,6 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     return found[-1] if found else None
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_atomic(obj: Any, path: Path) -> None:
     """`torch.save` streamed to a temporary file next to `path`, fsynced, then renamed over it.
 
@@ -108,7 +97,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove_stale_temporaries(run_dir: str | os.PathLike[str]) -> int:
@@ -159,7 +148,7 @@ def save_checkpoint(
     if keep_last is not None:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 

@@ -54,13 +54,8 @@ _KEYS = (
 
 
 def _require_pycocotools() -> Any:
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "samkit.metrics.instance needs pycocotools for mask AP; install it with "
-            "`pip install pycocotools` (a dependency of samkit)"
-        ) from err
+    from pycocotools import mask as mask_utils  # a dependency; imported when first needed
+
     return mask_utils
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import builtins
 import contextlib
 import io
 
@@ -232,16 +231,3 @@ class TestMaskAP:
             mask_ap(
                 [], [(torch.zeros(0, 2, 2), torch.zeros(0)), (torch.zeros(0, 2, 2), torch.zeros(0))]
             )
-
-
-def test_missing_pycocotools_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = builtins.__import__
-
-    def fake_import(name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        if name.startswith("pycocotools"):
-            raise ImportError("no pycocotools")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ImportError, match="pip install pycocotools"):
-        MaskAP()
