@@ -14,6 +14,7 @@ The same writers serve `samkit eval --predictions`.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import re
 from collections.abc import Sequence
@@ -89,18 +90,19 @@ def _safe_stem(image_id: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(image_id)) or "image"
 
 
-class _Writer:
+class _Writer(abc.ABC):
     """Collects predictions of one task and writes them in its standard format."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.written: list[Path] = []
 
-    def add(self, predictions: Sequence[Any], batch: Any) -> None:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def add(self, predictions: Sequence[Any], batch: Any) -> None:
+        """Write (or remember) the predictions of one batch (`batch.image_ids`, `.texts`)."""
 
+    @abc.abstractmethod
     def close(self) -> list[Path]:
-        return self.written
+        """Write what is left and return the paths written."""
 
 
 class _PanopticWriter(_Writer):

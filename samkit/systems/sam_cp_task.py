@@ -1,9 +1,9 @@
 """The training-engine task of SAM-CP: panoptic batches in, PQ / mIoU / mask AP out.
 
-What `examples/train_sam_cp.py` computes per batch, moved into the library: the patches (the
-batch's oracle parts, or the system's own SAM proposer for real data, which has no part masks),
-the patch targets of `build_patch_targets`, `SAMCPLoss`, `SAMCP.predict` and the three metrics.
-The class vocabulary is the data set's (things first); SAM-CP classifies against CLIP text
+What the pre-engine `examples/train_sam_cp.py` loop computed per batch, moved into the library: the
+patches (the batch's oracle parts, or the system's own SAM proposer for real data, which has no part
+masks), the patch targets of `build_patch_targets`, `SAMCPLoss`, `SAMCP.predict` and the three
+metrics. The class vocabulary is the data set's (things first); SAM-CP classifies against CLIP text
 embeddings of those names, so any vocabulary works with any trained model.
 """
 

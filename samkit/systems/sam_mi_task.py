@@ -1,11 +1,11 @@
 """The training-engine task of SAM-MI: semantic batches in, mIoU and TSPP diagnostics out.
 
-What `examples/train_sam_mi.py` computes, moved into the library: two stages (`"tspp"` trains
-the prompter alone with `L_tspp`; `"full"` trains everything but SAM with
-`L_ce + lambda_tspp L_tspp`), the prediction (class logits resized to the image, argmax) and the
-metrics: `SemanticIoU` over the data set's class names and the prompter's diagnostics (points
-per image, the largest fraction of the grid sampled, and the fraction of ground-truth segments
-larger than `g_p` grid cells that receive at least one point).
+What the pre-engine `examples/train_sam_mi.py` loop computed, moved into the library: two stages
+(`"tspp"` trains the prompter alone with `L_tspp`; `"full"` trains everything but SAM with `L_ce +
+lambda_tspp L_tspp`), the prediction (class logits resized to the image, argmax) and the metrics:
+`SemanticIoU` over the data set's class names and the prompter's diagnostics (points per image, the
+largest fraction of the grid sampled, and the fraction of ground-truth segments larger than `g_p`
+grid cells that receive at least one point).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The training-engine task of SSP-SAM: referring batches in, ReLA metrics out.
 
-What `examples/train_ssp_sam.py` computes per batch, moved into the library: targets in SAM's
-low-resolution padded frame and boxes on the CLIP canvas, `ReferringLoss`, the prediction
-(mask at the original size and the model's no-target decision) and `ReferringMetrics`.
+What the pre-engine `examples/train_ssp_sam.py` loop computed per batch, moved into the library:
+targets in SAM's low-resolution padded frame and boxes on the CLIP canvas, `ReferringLoss`, the
+prediction (mask at the original size and the model's no-target decision) and `ReferringMetrics`.
 
 Real referring data sets hold several expressions per image (gRefCOCO: about 3 to 10), one sample
 per expression. The frozen image encoders (SAM's, and CLIP's unless it trains) are the costly part
