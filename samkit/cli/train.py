@@ -13,7 +13,14 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from samkit.cli._run import SYSTEMS, RunInfo, parse_assignments, print_table, system_name
+from samkit.cli._run import (
+    SYSTEMS,
+    RunInfo,
+    parse_assignments,
+    print_table,
+    system_name,
+    write_json,
+)
 
 __all__ = ["add_parser", "run_train"]
 
@@ -171,6 +178,9 @@ def run_train(args: argparse.Namespace) -> int:
     class_names, num_things = _vocabulary(train_data, args.train)
     task_options = parse_assignments(args.task_option, option="--task-option")
     config = TrainConfig(**_train_config(args))
+    import torch
+
+    torch.manual_seed(config.seed)  # --seed also fixes the initial weights of the new heads
     model = build_model(
         system,
         preset=args.preset,
@@ -201,8 +211,6 @@ def run_train(args: argparse.Namespace) -> int:
         info.write(run)
         written = [run / "run.json", run / "model", run / "checkpoints", run / "log.jsonl"]
         if metrics:
-            from samkit.cli._run import write_json
-
             write_json(run / "metrics.json", metrics)
             written.append(run / "metrics.json")
             print_table(metrics, title=f"validation ({args.val})")

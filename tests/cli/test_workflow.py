@@ -366,3 +366,18 @@ def test_torchrun_trains_one_run_with_two_processes(data: dict, tmp_path: Path) 
     steps = [(r["stage"], r["step"]) for r in rows if r.get("kind") == "train"]
     assert len(steps) == len(set(steps)) == 2  # one row per step, not one per process
     assert (run / "model" / "model.safetensors").is_file()
+
+
+def test_seed_fixes_the_whole_run(data: dict, tmp_path: Path) -> None:
+    """Same `--seed`: identical trained weights, whatever the process's RNG did before."""
+    import torch
+    from safetensors.torch import load_file
+
+    files = data["refcoco"]
+    weights = []
+    for k, seed in enumerate(["0", "0", "1"]):
+        torch.manual_seed(100 + k)  # disturb the global RNG between runs
+        assert _train("ssp-sam", files, tmp_path / str(k), "--seed", seed) == 0
+        weights.append(load_file(str(tmp_path / str(k) / "model" / "model.safetensors")))
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    assert any(not torch.equal(weights[0][n], weights[2][n]) for n in weights[0])
