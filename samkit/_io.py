@@ -180,6 +180,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     fsync_dir(p.parent)
 
 
+def write_pil_image(path: str | os.PathLike[str], image: Any, fmt: str, **options: Any) -> Path:
+    """Encode a PIL image in memory and write it with `write_atomic` (parent folders created).
+
+    Args:
+        path: The destination file.
+        image: A `PIL.Image.Image`.
+        fmt: The Pillow format name (`"PNG"`, `"JPEG"`, ...).
+        **options: Encoder options for `Image.save` (e.g. `quality=95`).
+
+    Returns:
+        The path written.
+    """
+    import io
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    write_atomic(p, buffer.getvalue())
+    return p
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Flush a directory's entries (a rename into it) to disk, where the platform allows it."""
     try:

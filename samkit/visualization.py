@@ -330,17 +330,12 @@ def save_image(array: np.ndarray | Tensor, path: str | Path) -> None:
         array: Anything `to_uint8` accepts (an `(H, W, 3)` uint8 array, a `(3, H, W)` tensor).
         path: Destination file; parent folders are created.
     """
-    import io
-
     from PIL import Image
 
-    from samkit._io import write_atomic
+    from samkit._io import write_pil_image
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(target.suffix.lower())
     if fmt is None:
         raise ValueError(f"path: no image format for the extension of {target}")
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(array)).save(buffer, format=fmt)
-    write_atomic(target, buffer.getvalue())
+    write_pil_image(target, Image.fromarray(to_uint8(array)), fmt)

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samkit._io import write_atomic
-
 SYSTEMS = {"ssp-sam": "ssp_sam", "sam-cp": "sam_cp", "sam-mi": "sam_mi"}
 """Command-line system names to registry names (`samkit.systems.SYSTEMS`)."""
 
@@ -56,9 +54,11 @@ def parse_assignments(items: list[str], *, option: str) -> dict[str, Any]:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def write_json(path: Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON (files people read: `run.json`, `metrics.json`), atomically."""
+    from samkit.data.writers import write_json as write_json_file  # imported when first needed
+
+    return write_json_file(path, obj, indent=2)
 
 
 @dataclass

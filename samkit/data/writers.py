@@ -19,7 +19,6 @@ written atomically (`samkit._io.write_atomic`): a reader sees the old file or th
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from samkit._io import write_atomic
+from samkit._io import write_atomic, write_pil_image
 from samkit.data._files import PathLike, pycocotools_mask
 
 __all__ = [
@@ -51,21 +50,32 @@ def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
 
 def _write_pil(path: PathLike, im: Image.Image, **options: Any) -> Path:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(p.suffix.lower())
     if fmt is None:
         raise ValueError(f"{p}: expected a .png, .jpg or .jpeg file name")
-    im.save(buf, format=fmt, **options)
-    write_atomic(p, buf.getvalue())
-    return p
+    return write_pil_image(p, im, fmt, **options)
 
 
-def write_json(path: PathLike, obj: Any) -> Path:
-    """Write `obj` as JSON, atomically (parent folders are created)."""
+def write_json(path: PathLike, obj: Any, *, indent: int | None = None) -> Path:
+    """Write `obj` as JSON, atomically (parent folders are created).
+
+    Args:
+        path: The destination file.
+        obj: Anything `json.dumps` accepts.
+        indent: Indent nested levels by this many spaces (one line per entry, for files
+            people read, such as metrics); `None` writes the compact form.
+
+    Returns:
+        The path written.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, json.dumps(obj, separators=(",", ":")).encode())
+    text = (
+        json.dumps(obj, separators=(",", ":"))
+        if indent is None
+        else json.dumps(obj, indent=indent) + "\n"
+    )
+    write_atomic(p, text.encode())
     return p
 
 
