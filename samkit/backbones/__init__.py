@@ -1,7 +1,14 @@
 """Backbones: the only place that reaches into segment_anything and open_clip."""
 
-from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
-from samkit.backbones.sam import SamBackbone, SamLike, build_sam_backbone
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from samkit._lazy import attach
+
+if TYPE_CHECKING:
+    from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
+    from samkit.backbones.sam import SamBackbone, SamLike, build_sam_backbone
 
 __all__ = [
     "ClipBackbone",
@@ -11,3 +18,20 @@ __all__ = [
     "build_sam_backbone",
     "similarity_map",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = attach(
+        __name__,
+        {
+            "clip": [
+                "ClipBackbone",
+                "build_clip_backbone",
+                "similarity_map",
+            ],
+            "sam": [
+                "SamBackbone",
+                "SamLike",
+                "build_sam_backbone",
+            ],
+        },
+    )

@@ -8,7 +8,6 @@ random-weight backbones (seconds on a CPU); real checkpoints are passed by path.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,7 +81,8 @@ def run_demo(args: argparse.Namespace) -> int:
     steps: list[tuple[str, Callable[[_demo.DemoContext], list[Path]]]] = _demo.STEPS
     ctx = _demo.DemoContext.create(args, timings.add)
     written: list[Path] = []
-    bar = tqdm(steps, desc="samkit demo", disable=args.no_progress, file=sys.stdout)
+    # The bar goes to stderr (tqdm's default), so piped stdout holds only the results.
+    bar = tqdm(steps, desc="samkit demo", disable=args.no_progress)
     for name, step in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()

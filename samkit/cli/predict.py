@@ -19,12 +19,12 @@ import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from samkit.cli._run import RunInfo, display_name, write_json
+
+if TYPE_CHECKING:  # torch is imported when a command runs, so `samkit --help` stays quick
+    from torch import Tensor, nn
 
 __all__ = ["add_parser", "load_run", "prediction_writer", "read_image", "run_predict"]
 
@@ -201,6 +201,8 @@ def prediction_writer(system: str, out: Path, data: Any = None, **vocabulary: An
 
 def _overlay(system: str, image: Tensor, pred: Any, names: Sequence[str], title: str) -> Any:
     """Labelled overlay of one prediction: the masks coloured by class, a title, a legend."""
+    import torch
+
     from samkit.visualization import PALETTE, annotate, overlay_masks
 
     def color(k: int) -> tuple[int, int, int]:
@@ -225,6 +227,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Run `samkit predict`; returns the exit code."""
     from types import SimpleNamespace
 
+    import torch
     from tqdm.auto import tqdm
 
     from samkit.engine.distributed import default_device

@@ -7,57 +7,64 @@
 * Synthetic scenes and datasets for tests, examples and learning checks.
 """
 
-from samkit.data._items import Segment
-from samkit.data.coco import CocoInstances, CocoPanoptic, decode_coco_segmentation
-from samkit.data.config import FORMATS, load_data_file
-from samkit.data.datasets import (
-    SPLIT_OFFSETS,
-    PanopticBatch,
-    PanopticSample,
-    ReferringBatch,
-    ReferringSample,
-    SemanticBatch,
-    SemanticSample,
-    SyntheticPanopticDataset,
-    SyntheticReferringDataset,
-    SyntheticSemanticDataset,
-    collate_panoptic,
-    collate_referring,
-    collate_semantic,
-)
-from samkit.data.export import EXPORT_FORMATS, export_synthetic
-from samkit.data.refer import RefCoco, read_plain_pickle
-from samkit.data.semantic import SemanticFolder, read_class_names
-from samkit.data.synthetic import (
-    CLASS_NAMES,
-    COLOR_NAMES,
-    COLORS,
-    EXPRESSION_KINDS,
-    NUM_CLASSES,
-    NUM_THING_CLASSES,
-    PLURALS,
-    STUFF_CLASSES,
-    STUFF_STYLES,
-    TEXTURES,
-    THING_CLASSES,
-    VOCABULARY,
-    Oversegmentation,
-    ReferringExpression,
-    Scene,
-    StuffStyle,
-    generate_scene,
-    oversegment,
-)
-from samkit.data.transforms import resize_sample
-from samkit.data.writers import (
-    CocoPanopticWriter,
-    CocoResultsWriter,
-    encode_rle,
-    write_image,
-    write_mask_png,
-    write_panoptic_png,
-    write_semantic_png,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from samkit._lazy import attach
+
+if TYPE_CHECKING:
+    from samkit.data._items import Segment
+    from samkit.data.coco import CocoInstances, CocoPanoptic, decode_coco_segmentation
+    from samkit.data.config import FORMATS, load_data_file
+    from samkit.data.datasets import (
+        SPLIT_OFFSETS,
+        PanopticBatch,
+        PanopticSample,
+        ReferringBatch,
+        ReferringSample,
+        SemanticBatch,
+        SemanticSample,
+        SyntheticPanopticDataset,
+        SyntheticReferringDataset,
+        SyntheticSemanticDataset,
+        collate_panoptic,
+        collate_referring,
+        collate_semantic,
+    )
+    from samkit.data.export import EXPORT_FORMATS, export_synthetic
+    from samkit.data.refer import RefCoco, read_plain_pickle
+    from samkit.data.semantic import SemanticFolder, read_class_names
+    from samkit.data.synthetic import (
+        CLASS_NAMES,
+        COLOR_NAMES,
+        COLORS,
+        EXPRESSION_KINDS,
+        NUM_CLASSES,
+        NUM_THING_CLASSES,
+        PLURALS,
+        STUFF_CLASSES,
+        STUFF_STYLES,
+        TEXTURES,
+        THING_CLASSES,
+        VOCABULARY,
+        Oversegmentation,
+        ReferringExpression,
+        Scene,
+        StuffStyle,
+        generate_scene,
+        oversegment,
+    )
+    from samkit.data.transforms import resize_sample
+    from samkit.data.writers import (
+        CocoPanopticWriter,
+        CocoResultsWriter,
+        encode_rle,
+        write_image,
+        write_mask_png,
+        write_panoptic_png,
+        write_semantic_png,
+    )
 
 __all__ = [
     "CLASS_NAMES",
@@ -112,3 +119,81 @@ __all__ = [
     "write_panoptic_png",
     "write_semantic_png",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = attach(
+        __name__,
+        {
+            "_items": [
+                "Segment",
+            ],
+            "coco": [
+                "CocoInstances",
+                "CocoPanoptic",
+                "decode_coco_segmentation",
+            ],
+            "config": [
+                "FORMATS",
+                "load_data_file",
+            ],
+            "datasets": [
+                "SPLIT_OFFSETS",
+                "PanopticBatch",
+                "PanopticSample",
+                "ReferringBatch",
+                "ReferringSample",
+                "SemanticBatch",
+                "SemanticSample",
+                "SyntheticPanopticDataset",
+                "SyntheticReferringDataset",
+                "SyntheticSemanticDataset",
+                "collate_panoptic",
+                "collate_referring",
+                "collate_semantic",
+            ],
+            "export": [
+                "EXPORT_FORMATS",
+                "export_synthetic",
+            ],
+            "refer": [
+                "RefCoco",
+                "read_plain_pickle",
+            ],
+            "semantic": [
+                "SemanticFolder",
+                "read_class_names",
+            ],
+            "synthetic": [
+                "CLASS_NAMES",
+                "COLOR_NAMES",
+                "COLORS",
+                "EXPRESSION_KINDS",
+                "NUM_CLASSES",
+                "NUM_THING_CLASSES",
+                "PLURALS",
+                "STUFF_CLASSES",
+                "STUFF_STYLES",
+                "TEXTURES",
+                "THING_CLASSES",
+                "VOCABULARY",
+                "Oversegmentation",
+                "ReferringExpression",
+                "Scene",
+                "StuffStyle",
+                "generate_scene",
+                "oversegment",
+            ],
+            "transforms": [
+                "resize_sample",
+            ],
+            "writers": [
+                "CocoPanopticWriter",
+                "CocoResultsWriter",
+                "encode_rle",
+                "write_image",
+                "write_mask_png",
+                "write_panoptic_png",
+                "write_semantic_png",
+            ],
+        },
+    )

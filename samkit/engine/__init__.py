@@ -5,16 +5,27 @@ updates); the engine owns the loop, the optimizer and schedule, checkpoints, res
 and distribution. See docs/engine.md.
 """
 
-from samkit.engine import distributed
-from samkit.engine.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from samkit._lazy import attach
+
+# Imported now, not on first use: `evaluate` is also the name of the submodule that defines it,
+# and importing that submodule later (trainer.py does) would rebind `samkit.engine.evaluate`
+# to the module.
 from samkit.engine.evaluate import evaluate
-from samkit.engine.task import Metric, Task
-from samkit.engine.trainer import TrainConfig, Trainer, build_scheduler
+
+if TYPE_CHECKING:
+    from samkit.engine import distributed
+    from samkit.engine.checkpoint import (
+        latest_checkpoint,
+        list_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from samkit.engine.task import Metric, Task
+    from samkit.engine.trainer import TrainConfig, Trainer, build_scheduler
 
 __all__ = [
     "Metric",
@@ -29,3 +40,26 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = attach(
+        __name__,
+        {
+            "checkpoint": [
+                "latest_checkpoint",
+                "list_checkpoints",
+                "load_checkpoint",
+                "save_checkpoint",
+            ],
+            "task": [
+                "Metric",
+                "Task",
+            ],
+            "trainer": [
+                "TrainConfig",
+                "Trainer",
+                "build_scheduler",
+            ],
+        },
+        submodules=["distributed"],
+    )

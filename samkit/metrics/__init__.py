@@ -1,30 +1,37 @@
 """Evaluation metrics, streaming where the data can be large."""
 
-from samkit.metrics.instance import (
-    MaskAP,
-    mask_ap,
-)
-from samkit.metrics.panoptic import (
-    PanopticQuality,
-    panoptic_quality,
-)
-from samkit.metrics.referring import (
-    PR_THRESHOLDS,
-    REFERENCE_EMPTY_TOLERANCE,
-    ReferringMetrics,
-    has_target_from_mask,
-    referring_iou,
-    referring_metrics,
-    to_sam_padded_frame,
-)
-from samkit.metrics.semantic import (
-    SemanticIoU,
-    SemanticScores,
-    confusion_matrix,
-    intersect_and_union,
-    mean_iou,
-    semantic_metrics,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from samkit._lazy import attach
+
+if TYPE_CHECKING:
+    from samkit.metrics.instance import (
+        MaskAP,
+        mask_ap,
+    )
+    from samkit.metrics.panoptic import (
+        PanopticQuality,
+        panoptic_quality,
+    )
+    from samkit.metrics.referring import (
+        PR_THRESHOLDS,
+        REFERENCE_EMPTY_TOLERANCE,
+        ReferringMetrics,
+        has_target_from_mask,
+        referring_iou,
+        referring_metrics,
+        to_sam_padded_frame,
+    )
+    from samkit.metrics.semantic import (
+        SemanticIoU,
+        SemanticScores,
+        confusion_matrix,
+        intersect_and_union,
+        mean_iou,
+        semantic_metrics,
+    )
 
 __all__ = [
     "MaskAP",
@@ -45,3 +52,35 @@ __all__ = [
     "semantic_metrics",
     "to_sam_padded_frame",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = attach(
+        __name__,
+        {
+            "instance": [
+                "MaskAP",
+                "mask_ap",
+            ],
+            "panoptic": [
+                "PanopticQuality",
+                "panoptic_quality",
+            ],
+            "referring": [
+                "PR_THRESHOLDS",
+                "REFERENCE_EMPTY_TOLERANCE",
+                "ReferringMetrics",
+                "has_target_from_mask",
+                "referring_iou",
+                "referring_metrics",
+                "to_sam_padded_frame",
+            ],
+            "semantic": [
+                "SemanticIoU",
+                "SemanticScores",
+                "confusion_matrix",
+                "intersect_and_union",
+                "mean_iou",
+                "semantic_metrics",
+            ],
+        },
+    )

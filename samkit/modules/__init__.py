@@ -1,93 +1,100 @@
 """Generic building blocks; they import neither upstream library."""
 
-from samkit.modules.affinity import (
-    AffinityDecoder,
-    AffinityDecoderLayer,
-    AffinityHead,
-    SemanticQueryEmbedding,
-    compose_queries,
-    semantic_instance_attention_mask,
-)
-from samkit.modules.aggregation import (
-    ShallowMaskAggregator,
-    mask_text_overlap,
-    match_masks_to_text,
-    pad_masks,
-    point_masks,
-    shallow_mask_aggregation,
-)
-from samkit.modules.classifier import (
-    MaskPooledClipClassifier,
-    OpenVocabularyEnsemble,
-    VisionLanguageClassifier,
-    geometric_ensemble,
-)
-from samkit.modules.cost_aggregation import (
-    CostAggregator,
-    CostEmbedding,
-    cost_volume,
-    select_top_classes,
-    sliding_window_inference,
-)
-from samkit.modules.cost_attention import (
-    ClassAggregation,
-    GuidedSwinBlock,
-    SpatialAggregation,
-    linear_attention,
-)
-from samkit.modules.cost_decoder import (
-    UpsamplingDecoder,
-)
-from samkit.modules.injection import (
-    DecoupledMaskInjection,
-    HighFrequencyInjection,
-    LowFrequencyInjection,
-    boundary_encoding,
-    resize_masks,
-)
-from samkit.modules.language import (
-    LinguisticAttentionAdapter,
-    masked_phrase_attention,
-)
-from samkit.modules.merging import (
-    PanopticFusion,
-    merge_boxes,
-    merge_patches,
-    normalize_affinity,
-    query_candidates,
-    select_instances,
-)
-from samkit.modules.patch_encoder import (
-    PatchEncoder,
-    PostNormSelfAttentionLayer,
-    ResidualFFN,
-    ResNetFPN,
-    TimmFPN,
-    TinyFeaturePyramid,
-    box_sine_embedding,
-    roi_levels,
-)
-from samkit.modules.prompting import (
-    MLP,
-    PostNormEncoderLayer,
-    SemanticSpatialPromptEncoder,
-    TanhFusion,
-)
-from samkit.modules.tspp import (
-    TextGuidedSparsePointPrompter,
-    expected_points,
-    grid_points,
-    masks_from_labels,
-    sample_points,
-    tspp_targets,
-)
-from samkit.modules.visual_adapter import (
-    VisualAttentionAdapter,
-    canvas_boxes,
-    clip_patch_tokens,
-    letterbox,
-    normalize_clip_tokens,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from samkit._lazy import attach
+
+if TYPE_CHECKING:
+    from samkit.modules.affinity import (
+        AffinityDecoder,
+        AffinityDecoderLayer,
+        AffinityHead,
+        SemanticQueryEmbedding,
+        compose_queries,
+        semantic_instance_attention_mask,
+    )
+    from samkit.modules.aggregation import (
+        ShallowMaskAggregator,
+        mask_text_overlap,
+        match_masks_to_text,
+        pad_masks,
+        point_masks,
+        shallow_mask_aggregation,
+    )
+    from samkit.modules.classifier import (
+        MaskPooledClipClassifier,
+        OpenVocabularyEnsemble,
+        VisionLanguageClassifier,
+        geometric_ensemble,
+    )
+    from samkit.modules.cost_aggregation import (
+        CostAggregator,
+        CostEmbedding,
+        cost_volume,
+        select_top_classes,
+        sliding_window_inference,
+    )
+    from samkit.modules.cost_attention import (
+        ClassAggregation,
+        GuidedSwinBlock,
+        SpatialAggregation,
+        linear_attention,
+    )
+    from samkit.modules.cost_decoder import (
+        UpsamplingDecoder,
+    )
+    from samkit.modules.injection import (
+        DecoupledMaskInjection,
+        HighFrequencyInjection,
+        LowFrequencyInjection,
+        boundary_encoding,
+        resize_masks,
+    )
+    from samkit.modules.language import (
+        LinguisticAttentionAdapter,
+        masked_phrase_attention,
+    )
+    from samkit.modules.merging import (
+        PanopticFusion,
+        merge_boxes,
+        merge_patches,
+        normalize_affinity,
+        query_candidates,
+        select_instances,
+    )
+    from samkit.modules.patch_encoder import (
+        PatchEncoder,
+        PostNormSelfAttentionLayer,
+        ResidualFFN,
+        ResNetFPN,
+        TimmFPN,
+        TinyFeaturePyramid,
+        box_sine_embedding,
+        roi_levels,
+    )
+    from samkit.modules.prompting import (
+        MLP,
+        PostNormEncoderLayer,
+        SemanticSpatialPromptEncoder,
+        TanhFusion,
+    )
+    from samkit.modules.tspp import (
+        TextGuidedSparsePointPrompter,
+        expected_points,
+        grid_points,
+        masks_from_labels,
+        sample_points,
+        tspp_targets,
+    )
+    from samkit.modules.visual_adapter import (
+        VisualAttentionAdapter,
+        canvas_boxes,
+        clip_patch_tokens,
+        letterbox,
+        normalize_clip_tokens,
+    )
 
 __all__ = [
     "AffinityDecoder",
@@ -153,3 +160,98 @@ __all__ = [
     "sliding_window_inference",
     "tspp_targets",
 ]
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = attach(
+        __name__,
+        {
+            "affinity": [
+                "AffinityDecoder",
+                "AffinityDecoderLayer",
+                "AffinityHead",
+                "SemanticQueryEmbedding",
+                "compose_queries",
+                "semantic_instance_attention_mask",
+            ],
+            "aggregation": [
+                "ShallowMaskAggregator",
+                "mask_text_overlap",
+                "match_masks_to_text",
+                "pad_masks",
+                "point_masks",
+                "shallow_mask_aggregation",
+            ],
+            "classifier": [
+                "MaskPooledClipClassifier",
+                "OpenVocabularyEnsemble",
+                "VisionLanguageClassifier",
+                "geometric_ensemble",
+            ],
+            "cost_aggregation": [
+                "CostAggregator",
+                "CostEmbedding",
+                "cost_volume",
+                "select_top_classes",
+                "sliding_window_inference",
+            ],
+            "cost_attention": [
+                "ClassAggregation",
+                "GuidedSwinBlock",
+                "SpatialAggregation",
+                "linear_attention",
+            ],
+            "cost_decoder": [
+                "UpsamplingDecoder",
+            ],
+            "injection": [
+                "DecoupledMaskInjection",
+                "HighFrequencyInjection",
+                "LowFrequencyInjection",
+                "boundary_encoding",
+                "resize_masks",
+            ],
+            "language": [
+                "LinguisticAttentionAdapter",
+                "masked_phrase_attention",
+            ],
+            "merging": [
+                "PanopticFusion",
+                "merge_boxes",
+                "merge_patches",
+                "normalize_affinity",
+                "query_candidates",
+                "select_instances",
+            ],
+            "patch_encoder": [
+                "PatchEncoder",
+                "PostNormSelfAttentionLayer",
+                "ResidualFFN",
+                "ResNetFPN",
+                "TimmFPN",
+                "TinyFeaturePyramid",
+                "box_sine_embedding",
+                "roi_levels",
+            ],
+            "prompting": [
+                "MLP",
+                "PostNormEncoderLayer",
+                "SemanticSpatialPromptEncoder",
+                "TanhFusion",
+            ],
+            "tspp": [
+                "TextGuidedSparsePointPrompter",
+                "expected_points",
+                "grid_points",
+                "masks_from_labels",
+                "sample_points",
+                "tspp_targets",
+            ],
+            "visual_adapter": [
+                "VisualAttentionAdapter",
+                "canvas_boxes",
+                "clip_patch_tokens",
+                "letterbox",
+                "normalize_clip_tokens",
+            ],
+        },
+    )

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,22 @@ def test_missing_checkpoint_is_a_clear_error(
     args += ["--sam-checkpoint", str(tmp_path / "nope.pth"), "--sam-variant", "tiny"]
     assert main(args) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_and_results_to_stdout(tmp_path: Path) -> None:
+    """Piped stdout holds the results only; the progress bar is on stderr (issue #13)."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "samkit.cli", "demo", "--out", str(out), "--num-scenes", "1"],
+        capture_output=True,  # bytes: text mode would turn the bar's carriage returns into "\n"
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=600,
+    )
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stderr[-3000:]
+    assert "\r" not in stdout and "it/s" not in stdout and "s/it" not in stdout
+    assert "| SSP-SAM | whole step |" in stdout
+    assert f"wrote 6 images and timings.md to {out.resolve()}" in stdout
+    assert "samkit demo: 100%" in stderr and "\r" in stderr
