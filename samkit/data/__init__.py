@@ -8,6 +8,7 @@
 """
 
 from samkit.data._items import Segment
+from samkit.data.augment import AUGMENT_PRESETS, AugmentSpec, BatchAugment
 from samkit.data.coco import CocoInstances, CocoPanoptic, decode_coco_segmentation
 from samkit.data.config import FORMATS, load_data_file
 from samkit.data.datasets import (
@@ -60,6 +61,9 @@ from samkit.data.writers import (
 )
 
 __all__ = [
+    "AUGMENT_PRESETS",
+    "AugmentSpec",
+    "BatchAugment",
     "CLASS_NAMES",
     "COLORS",
     "COLOR_NAMES",
