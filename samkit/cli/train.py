@@ -79,6 +79,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     eng.add_argument("--eval-batch-size", type=int, default=None)
     eng.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     eng.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    eng.add_argument(
+        "--augment",
+        default=None,
+        metavar="PRESET",
+        help="augment training batches: flip, default or affine (samkit.data.augment)",
+    )
     p.set_defaults(handler=run_train)
     return p
 
@@ -104,6 +110,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": args.workers,
         "eval_batch_size": args.eval_batch_size,
         "device": args.device,
+        "augment": args.augment,
     }
     if args.steps is not None:
         try:

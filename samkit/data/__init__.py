@@ -15,6 +15,7 @@ from samkit._lazy import attach
 
 if TYPE_CHECKING:
     from samkit.data._items import Segment
+    from samkit.data.augment import AUGMENT_PRESETS, AugmentSpec, BatchAugment
     from samkit.data.coco import CocoInstances, CocoPanoptic, decode_coco_segmentation
     from samkit.data.config import FORMATS, load_data_file
     from samkit.data.datasets import (
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "AUGMENT_PRESETS",
+    "AugmentSpec",
+    "BatchAugment",
     "CLASS_NAMES",
     "COLORS",
     "COLOR_NAMES",
@@ -126,6 +130,11 @@ if not TYPE_CHECKING:
         {
             "_items": [
                 "Segment",
+            ],
+            "augment": [
+                "AUGMENT_PRESETS",
+                "AugmentSpec",
+                "BatchAugment",
             ],
             "coco": [
                 "CocoInstances",

@@ -66,7 +66,8 @@ class Task(Protocol):
         """Losses of one batch with gradients; `"loss"` is the one to minimise.
 
         Called in training mode under the engine's autocast, with `batch` moved to the
-        training device (tensors, containers, dataclasses and objects with `.to(device)`);
+        training device (tensors, containers, dataclasses and objects with `.to(device)`)
+        and, with `TrainConfig.augment`, augmented there (`samkit.data.augment`);
         when distributed, inside the forward of the DDP wrapper, so calling `self.model` and
         its submodules here is enough for gradient synchronisation. Every parameter with
         `requires_grad=True` must get a gradient (the engine names those that do not). Random

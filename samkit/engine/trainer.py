@@ -13,7 +13,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,6 +56,7 @@ _EXACTNESS_FIELDS = (
     "accumulate",
     "bf16",
     "seed",
+    "augment",
 )
 
 
@@ -86,6 +87,11 @@ class TrainConfig:
         eval_batch_size: Samples per evaluation batch.
         device: Where to train; None picks `cuda:LOCAL_RANK` when CUDA is available, else CPU.
         progress: Show tqdm bars (rank 0 only).
+        augment: Name of a batch augmentation preset of `samkit.data.augment` (`"flip"`,
+            `"default"`, `"affine"`), applied to every training batch on the training device;
+            None for none. The same random geometric transform goes to each sample's image and
+            all its masks and label maps (drawn from the global torch RNG, so resume stays
+            exact). It augments `ReferringBatch`, `PanopticBatch` and `SemanticBatch`.
     """
 
     steps: int | tuple[int, ...] = 1000
@@ -106,6 +112,7 @@ class TrainConfig:
     eval_batch_size: int = 1
     device: str | None = None
     progress: bool = True
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, list):
@@ -129,6 +136,14 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.augment is not None:
+            from samkit.data.augment import AUGMENT_PRESETS
+
+            if self.augment not in AUGMENT_PRESETS:
+                raise ValueError(
+                    f"augment must be None or one of {sorted(AUGMENT_PRESETS)}, "
+                    f"got {self.augment!r}"
+                )
 
     def stage_steps(self, stages: tuple[str, ...]) -> tuple[int, ...]:
         """Steps of each stage of a task with stages `stages`."""
@@ -257,6 +272,11 @@ class Trainer:
         self.world_size = dist_utils.world_size()
         self.main = self.rank == 0
         self.device = torch.device(config.device) if config.device else dist_utils.default_device()
+        self.augment: Callable[[Any], Any] | None = None
+        if config.augment is not None:
+            from samkit.data.augment import BatchAugment
+
+            self.augment = BatchAugment(config.augment)
 
     # ------------------------------------------------------------------ stages
 
@@ -336,6 +356,8 @@ class Trainer:
         totals: dict[str, Tensor] = {}
         for micro in range(config.accumulate):
             batch = move_to_device(next(data), self.device)
+            if self.augment is not None:  # draws from the global RNG, which checkpoints keep
+                batch = self.augment(batch)
             last = micro == config.accumulate - 1
             sync: AbstractContextManager[Any] = nullcontext()
             if isinstance(stage.module, DistributedDataParallel) and not last:

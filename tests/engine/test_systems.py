@@ -337,3 +337,50 @@ def test_evaluation_on_two_processes_gives_the_metrics_of_one(system: str, ddp: 
     for rank in ranks:
         assert rank[system]["eval_error"] == ""
         _same_metrics(rank[system]["eval"], one)
+
+
+# ---------------------------------------------------------------------------- augmentation
+
+
+def _first_batch(system: str, augment: str | None, out: Path) -> tuple[Any, dict[str, Any]]:
+    """Train one step per stage; the first batch `training_step` saw and the final state."""
+    task = make_task(system, 0)
+    seen: list[Any] = []
+    step = task.training_step
+
+    def recording(batch: Any, stage: int) -> Any:
+        seen.append(batch)
+        return step(batch, stage)
+
+    task.training_step = recording
+    initial = state(task)
+    Trainer(task, make_data(system, "train"), config(system, 1, augment=augment), out).fit()
+    trained = state(task)
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained), "nothing trained"
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+    return seen[0], trained
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_training_with_augmentation_runs_and_augments(system: str, tmp_path: Path) -> None:
+    plain, _ = _first_batch(system, None, tmp_path / "plain")
+    augmented, _ = _first_batch(system, "affine", tmp_path / "affine")
+    assert type(augmented) is type(plain)
+    assert augmented.images.shape == plain.images.shape
+    assert not torch.equal(augmented.images, plain.images)
+    if system == "ssp_sam":  # flips only: each target mask is the original or its mirror
+        for a, p in zip(augmented.target_masks, plain.target_masks, strict=True):
+            assert torch.equal(a, p) or torch.equal(a, p.flip(-1))
+    else:  # the labels moved with the images and kept their values (plus void)
+        assert not torch.equal(augmented.semantic, plain.semantic)
+        labels = set(plain.semantic.unique().tolist())
+        assert set(augmented.semantic.unique().tolist()) <= labels | {255}
+
+
+def test_resumed_run_with_augmentation_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    system = "sam_cp"
+    cfg = config(system, 3, augment="affine")
+    task = make_task(system, 0)
+    Trainer(task, make_data(system, "train"), cfg, tmp_path / "full").fit()
+    want = state(task)
+    _assert_equal(_resume_from(tmp_path / "full", tmp_path / "from_1", 1, system, cfg), want)

@@ -243,3 +243,18 @@ def test_bf16_autocast_trains(tmp_path: Path) -> None:
     after, _ = _fit(tmp_path, _config(steps=2, bf16=True))
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_augment_names_a_preset_and_needs_a_samkit_batch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"augment must be None or one of \['affine'"):
+        _config(augment="strong")
+    # the toy task's (x, y) tuples are no samkit batch: the first step says so
+    with pytest.raises(TypeError, match="ReferringBatch, PanopticBatch or SemanticBatch"):
+        _fit(tmp_path, _config(steps=1, augment="flip"))
+
+
+def test_changing_the_augmentation_on_resume_warns(tmp_path: Path) -> None:
+    _fit(tmp_path, _config(steps=2))
+    # (the warning comes before the first step; the toy batches cannot be augmented)
+    with pytest.warns(UserWarning, match="augment: None -> 'flip'"), pytest.raises(TypeError):
+        _fit(tmp_path, _config(steps=3, augment="flip"), resume=True)
