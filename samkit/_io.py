@@ -155,12 +155,20 @@ def read_checkpoint(
         raise _unreadable(p, kind, _reason(p, err)) from err
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write a file so that a reader sees the old file or the whole new one, never a part.
 
     The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
     temporary file is renamed over `path` with `os.replace`; the directory is fsynced too where
-    the platform allows it.
+    the platform allows it. The file gets the permissions `open()` would give a new file
+    (`0o666` less the umask), not `mkstemp`'s owner-only `0o600`.
 
     Args:
         path: The destination file.
@@ -169,6 +177,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -131,3 +131,18 @@ def test_torchscript_archive_where_a_state_dict_is_expected(tmp_path: Path) -> N
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="resume state not found: .*nope.pt"):
         read_checkpoint(tmp_path / "nope.pt", kind="resume state")
+
+
+def test_write_atomic_gives_the_permissions_of_a_normal_new_file(tmp_path: Path) -> None:
+    """Regression: files were left owner-only (mkstemp's 0o600), unreadable to other users."""
+    import os
+
+    from samkit._io import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.bin").read_bytes() == b"x"
