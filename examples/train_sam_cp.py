@@ -63,6 +63,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--preset", default="tiny", help="system preset: tiny (random backbones) or tiny-synth"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     overrides: dict[str, Any] = {"build_proposer": args.patches == "sam"}
     if args.score_threshold is not None:
         overrides["object_mask_threshold"] = args.score_threshold
-    model = build_sam_cp("tiny", **overrides)
+    model = build_sam_cp(args.preset, **overrides)
     parts = args.patches == "oracle"
     common = {"size": args.size, "seed": args.seed, "parts": parts, "max_parts": args.max_parts}
     train_ds = SyntheticPanopticDataset(num_scenes=args.train_scenes, split="train", **common)

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-grad", type=float, default=1.0, help="grad-norm clip (0: off)")
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--preset", default="tiny", help="system preset: tiny (random backbones) or tiny-synth"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm bars")
     return p.parse_args(argv)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides["tspp_lr_multiplier"] = args.tspp_lr_mult
     if args.clip_size is not None:
         overrides["clip_size"] = args.clip_size
-    model = build_sam_mi("tiny", **overrides)
+    model = build_sam_mi(args.preset, **overrides)
     common = {"size": args.size, "seed": args.seed}
     train = SyntheticSemanticDataset(num_scenes=args.train_scenes, split="train", **common)
     val = SyntheticSemanticDataset(num_scenes=args.val_scenes, split="val", **common)

@@ -158,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    overrides = parse_overrides([*DEFAULT_OVERRIDES, *args.set])
+    # The example's `small` SAM replaces the random `tiny` one; a pretrained preset keeps its own.
+    defaults = [o for o in DEFAULT_OVERRIDES if args.preset == "tiny" or "sam_variant" not in o]
+    overrides = parse_overrides([*defaults, *args.set])
     model = build_ssp_sam(args.preset, lr=args.lr, decoder_lr=args.decoder_lr, **overrides)
     kw = {"size": args.image_size, "seed": args.seed}
     train = SyntheticReferringDataset(num_scenes=args.train_scenes, **kw)

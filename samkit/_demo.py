@@ -17,7 +17,29 @@ from torch import Tensor
 
 from samkit._io import write_atomic
 from samkit.data.synthetic import CLASS_NAMES, Scene, generate_scene
-from samkit.visualization import colorize_labels, draw_points, make_grid, overlay_masks, save_image
+from samkit.visualization import (
+    PALETTE,
+    annotate,
+    colorize_labels,
+    draw_points,
+    make_grid,
+    overlay_masks,
+    save_image,
+)
+
+CLASS_LEGEND: list[tuple[str, tuple[int, int, int]]] = [
+    (name, (int(PALETTE[i][0]), int(PALETTE[i][1]), int(PALETTE[i][2])))
+    for i, name in enumerate(CLASS_NAMES)
+]
+"""Legend of the semantic colours: class `i` is drawn in `PALETTE[i]`."""
+
+
+def _save(tiles: list[Any], ncols: int, path: Path, title: str, legend: bool = False) -> Path:
+    """Grid the tiles, add the title (and the class legend) and write the PNG."""
+    grid = make_grid(tiles, ncols=ncols)
+    save_image(annotate(grid, title=title, legend=CLASS_LEGEND if legend else []), path)
+    return path
+
 
 TimingSink = Callable[[str, str, float], None]
 
@@ -60,22 +82,27 @@ class DemoContext:
         self.record(part, what, time.perf_counter() - t0)
 
     def sam(self) -> Any:
-        """The SAM backbone (tiny unless a checkpoint was given), built once."""
+        """The SAM backbone (shipped tiny-synth unless a checkpoint was given), built once."""
         if "sam" not in self._cache:
             from samkit.backbones.sam import build_sam_backbone
 
             ckpt = self.args.sam_checkpoint
-            variant = self.args.sam_variant or ("vit_h" if ckpt is not None else "tiny")
+            variant = self.args.sam_variant or ("vit_h" if ckpt is not None else "tiny-synth")
             self._cache["sam"] = build_sam_backbone(variant, ckpt).to(self.device).eval()
         return self._cache["sam"]
 
+    def system_preset(self) -> str:
+        """The systems' preset: `tiny-synth` (shipped backbones), or `tiny` with random ones."""
+        random = self.args.sam_variant == "tiny" or self.args.clip_model == "tiny"
+        return "tiny" if random else "tiny-synth"
+
     def clip(self) -> Any:
-        """The CLIP backbone (tiny unless a checkpoint was given), built once."""
+        """The CLIP backbone (shipped tiny-synth unless a checkpoint was given), built once."""
         if "clip" not in self._cache:
             from samkit.backbones.clip import build_clip_backbone
 
             ckpt = self.args.clip_checkpoint
-            name = self.args.clip_model or ("ViT-B-16" if ckpt is not None else "tiny")
+            name = self.args.clip_model or ("ViT-B-16" if ckpt is not None else "tiny-synth")
             self._cache["clip"] = build_clip_backbone(name, ckpt).to(self.device).eval()
         return self._cache["clip"]
 
@@ -85,9 +112,8 @@ def step_scenes(ctx: DemoContext) -> list[Path]:
     tiles: list[np.ndarray | Tensor] = []
     for scene in ctx.scenes:
         tiles += [scene.image, colorize_labels(scene.semantic)]
-    path = ctx.out / "scenes.png"
-    save_image(make_grid(tiles, ncols=2), path)
-    return [path]
+    title = "generated scenes | ground-truth semantic maps"
+    return [_save(tiles, 2, ctx.out / "scenes.png", title, legend=True)]
 
 
 @torch.no_grad()
@@ -111,20 +137,19 @@ def step_sam_points(ctx: DemoContext, grid: int = 8, keep: int = 6) -> list[Path
         masks = sam.postprocess_masks(low, emb.input_size, emb.original_size) > sam.mask_threshold
         pts = torch.stack([xs.flatten(), ys.flatten()], -1)[top]
         tiles.append(draw_points(overlay_masks(scene.image, masks.cpu()), pts.cpu()))
-    path = ctx.out / "sam_points.png"
-    save_image(make_grid(tiles, ncols=len(tiles)), path)
-    return [path]
+    title = f"SAM: the {keep} best-scored masks of {grid * grid} point prompts, and their points"
+    return [_save(tiles, len(tiles), ctx.out / "sam_points.png", title)]
 
 
 @torch.no_grad()
 def step_clip_similarity(ctx: DemoContext) -> list[Path]:
-    """Label every CLIP patch with its most similar class name (CLIP-Surgery features)."""
+    """Label every CLIP patch with its most similar class name (the value path SAM-MI uses)."""
     clip = ctx.clip()
     images = ctx.images
     with ctx.timed("CLIP", f"encode {len(CLASS_NAMES)} class names"):
         text = clip.encode_text(list(CLASS_NAMES), templates=["a photo of a {}."])
-    with ctx.timed("CLIP", "dense features (surgery)"):
-        dense = clip.encode_dense(images, mode="surgery").features  # (B, C, h, w)
+    with ctx.timed("CLIP", "dense features (value path)"):
+        dense = clip.encode_dense(images, mode="value").features  # (B, C, h, w)
     dense = F.normalize(dense, dim=1)
     logits = torch.einsum("bchw,tc->bthw", dense, text.embeddings.to(dense))
     logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -132,54 +157,55 @@ def step_clip_similarity(ctx: DemoContext) -> list[Path]:
     tiles: list[np.ndarray | Tensor] = []
     for b, scene in enumerate(ctx.scenes):
         tiles += [scene.image, colorize_labels(labels[b])]
-    path = ctx.out / "clip_similarity.png"
-    save_image(make_grid(tiles, ncols=2), path)
-    return [path]
+    title = "CLIP zero-shot: the most similar class name of every patch"
+    return [_save(tiles, 2, ctx.out / "clip_similarity.png", title, legend=True)]
 
 
 @torch.no_grad()
 def step_ssp_sam(ctx: DemoContext) -> list[Path]:
-    """SSP-SAM (tiny, untrained heads): segment each scene's first referring expression."""
+    """SSP-SAM (untrained heads): segment each scene's first referring expression."""
     from samkit.systems.ssp_sam import build_ssp_sam
 
-    model = build_ssp_sam("tiny").to(ctx.device).eval()
+    model = build_ssp_sam(ctx.system_preset()).to(ctx.device).eval()
     expressions = [s.expressions[0].text for s in ctx.scenes]
     with ctx.timed("SSP-SAM", f"forward {len(expressions)} expressions"):
         out = model(ctx.images, expressions, upsample=True)
     assert out.logits is not None
     masks = (out.logits[:, 0] > 0).cpu()
-    tiles = [overlay_masks(s.image, masks[b : b + 1]) for b, s in enumerate(ctx.scenes)]
-    path = ctx.out / "ssp_sam.png"
-    save_image(make_grid(tiles, ncols=len(tiles)), path)
+    tiles = [
+        annotate(overlay_masks(s.image, masks[b : b + 1]), title=f'"{expressions[b]}"', font_size=9)
+        for b, s in enumerate(ctx.scenes)
+    ]
+    title = "SSP-SAM (untrained heads): masks of the expressions"
+    path = _save(tiles, len(tiles), ctx.out / "ssp_sam.png", title)
     write_atomic(ctx.out / "ssp_sam_expressions.txt", ("\n".join(expressions) + "\n").encode())
     return [path]
 
 
 @torch.no_grad()
 def step_sam_cp(ctx: DemoContext) -> list[Path]:
-    """SAM-CP (tiny, untrained heads): compose SAM patches into a panoptic map."""
+    """SAM-CP (untrained heads): SAM's patches, composed into a panoptic map."""
     from samkit.systems.sam_cp import build_sam_cp
 
-    model = build_sam_cp("tiny", build_proposer=True).to(ctx.device).eval()
+    model = build_sam_cp(ctx.system_preset(), build_proposer=True).to(ctx.device).eval()
     assert model.proposer is not None
     with ctx.timed("SAM-CP", "SAM patch proposals"):
         patches = model.proposer(ctx.images)
     with ctx.timed("SAM-CP", "predict (affinity decoder, merging, fusion)"):
         results = model.predict(ctx.images, patches)
     tiles: list[np.ndarray | Tensor] = []
-    for scene, res in zip(ctx.scenes, results, strict=True):
-        tiles += [scene.image, colorize_labels(res.panoptic.cpu())]
-    path = ctx.out / "sam_cp.png"
-    save_image(make_grid(tiles, ncols=2), path)
-    return [path]
+    for scene, res, p in zip(ctx.scenes, results, patches, strict=True):
+        tiles += [overlay_masks(scene.image, p.masks.cpu()), colorize_labels(res.panoptic.cpu())]
+    title = "SAM-CP: SAM patches | panoptic (untrained)"
+    return [_save(tiles, 2, ctx.out / "sam_cp.png", title)]
 
 
 @torch.no_grad()
 def step_sam_mi(ctx: DemoContext) -> list[Path]:
-    """SAM-MI (tiny, untrained heads): open-vocabulary labels with the sampled SAM prompts."""
+    """SAM-MI (untrained heads): open-vocabulary labels with the sampled SAM prompts."""
     from samkit.systems.sam_mi import build_sam_mi
 
-    model = build_sam_mi("tiny").to(ctx.device).eval()
+    model = build_sam_mi(ctx.system_preset()).to(ctx.device).eval()
     images = ctx.images
     with ctx.timed("SAM-MI", f"forward over {len(CLASS_NAMES)} class names"):
         out = model(images, list(CLASS_NAMES))
@@ -189,10 +215,9 @@ def step_sam_mi(ctx: DemoContext) -> list[Path]:
     tiles: list[np.ndarray | Tensor] = []
     for b, scene in enumerate(ctx.scenes):
         pts = (out.points[b][out.point_valid[b]] * scale).cpu()
-        tiles += [scene.image, draw_points(colorize_labels(labels[b]), pts)]
-    path = ctx.out / "sam_mi.png"
-    save_image(make_grid(tiles, ncols=2), path)
-    return [path]
+        tiles += [draw_points(scene.image, pts), colorize_labels(labels[b])]
+    title = "SAM-MI: TSPP prompts | labels (untrained)"
+    return [_save(tiles, 2, ctx.out / "sam_mi.png", title, legend=True)]
 
 
 STEPS: list[tuple[str, Callable[[DemoContext], list[Path]]]] = [

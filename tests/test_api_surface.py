@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "samkit.matching",
     "samkit.metrics",
     "samkit.modules",
+    "samkit.pretrain",
     "samkit.proposals",
     "samkit.systems",
     "samkit.systems.tasks",

@@ -8,12 +8,20 @@ from samkit._lazy import attach
 
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
-    from samkit.backbones.sam import SamBackbone, SamLike, build_sam_backbone
+    from samkit.backbones.sam import (
+        SAM_VARIANTS,
+        SamBackbone,
+        SamLike,
+        SamVariantSpec,
+        build_sam_backbone,
+    )
 
 __all__ = [
     "ClipBackbone",
+    "SAM_VARIANTS",
     "SamBackbone",
     "SamLike",
+    "SamVariantSpec",
     "build_clip_backbone",
     "build_sam_backbone",
     "similarity_map",
@@ -29,8 +37,10 @@ if not TYPE_CHECKING:
                 "similarity_map",
             ],
             "sam": [
+                "SAM_VARIANTS",
                 "SamBackbone",
                 "SamLike",
+                "SamVariantSpec",
                 "build_sam_backbone",
             ],
         },

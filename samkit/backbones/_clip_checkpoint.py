@@ -51,6 +51,23 @@ def _tiny_cfgs(image_size: int | None) -> dict[str, object]:
     return {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
 
 
+def _tiny_synth_cfgs(image_size: int | None) -> dict[str, object]:
+    """Configs of `tiny-synth` (the shipped weights): 4-block ViT and 3-block text tower.
+
+    The ViT takes 64 px images in 8 px patches at width 128; the text tower is 64 wide; the
+    joint embedding has 64 channels.
+    """
+    vision = open_clip.CLIPVisionCfg(
+        image_size=image_size or 64, patch_size=8, width=128, layers=4, head_width=32
+    )
+    text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=3)
+    return {"embed_dim": 64, "vision_cfg": vision, "text_cfg": text}
+
+
+# Architectures built inline (not open_clip configs): name -> configs for `open_clip.CLIP`.
+INLINE_CFGS = {TINY_NAME: _tiny_cfgs, "tiny-synth": _tiny_synth_cfgs}
+
+
 def _network_error(what: str) -> ValueError:
     return ValueError(
         f"{what} would need the network; samkit never downloads weights. Download the checkpoint "
@@ -69,7 +86,7 @@ def check_name(name: str) -> None:
         ValueError: For `hf-hub:` / `local-dir:` names, unknown names, and configs whose text
             tower or tokenizer comes from Hugging Face.
     """
-    if name == TINY_NAME:
+    if name in INLINE_CFGS:
         return
     if name.startswith("hf-hub:"):
         raise _network_error(f"model name {name!r}")
@@ -249,7 +266,7 @@ def _choose_quick_gelu(
     name: str, checkpoint: object, ckpt: ClipCheckpoint | None, quick_gelu: bool | None
 ) -> bool:
     """Decide QuickGELU: the argument, else a `-quickgelu` config, else the file, else GELU."""
-    cfg = {} if name == TINY_NAME else open_clip.get_model_config(name.replace("/", "-")) or {}
+    cfg = {} if name in INLINE_CFGS else open_clip.get_model_config(name.replace("/", "-")) or {}
     by_name = bool(cfg.get("quick_gelu", False))
     if quick_gelu is not None or by_name:
         chosen = bool(quick_gelu) if quick_gelu is not None else True
@@ -312,8 +329,8 @@ def create_clip_model(
     check_name(name)
     ckpt = None if checkpoint is None else load_state_dict_file(checkpoint)
     quick = _choose_quick_gelu(name, checkpoint, ckpt, quick_gelu)
-    if name == TINY_NAME:
-        model: nn.Module = open_clip.CLIP(**_tiny_cfgs(image_size), quick_gelu=quick)
+    if name in INLINE_CFGS:
+        model: nn.Module = open_clip.CLIP(**INLINE_CFGS[name](image_size), quick_gelu=quick)
     else:
         model = open_clip.create_model(
             name,
@@ -343,6 +360,6 @@ def create_tokenizer(name: str) -> object:
 
     Cached: building the BPE tables takes ~0.3 s, and a tokenizer holds no per-model state.
     """
-    if name == TINY_NAME:
+    if name in INLINE_CFGS:
         return open_clip.SimpleTokenizer(context_length=77)
     return open_clip.get_tokenizer(name.replace("/", "-"))

@@ -105,6 +105,23 @@ SAM_VARIANTS: dict[str, SamVariantSpec] = {
         decoder_num_heads=4,
         iou_head_hidden_dim=64,
     ),
+    # The architecture of the shipped `tiny-synth` weights: `small` with a 128-d, 4-block
+    # encoder (global attention in blocks 1 and 3) and a 16-channel mask-prompt downscaler.
+    "tiny-synth": SamVariantSpec(
+        img_size=128,
+        patch_size=8,
+        encoder_embed_dim=128,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        window_size=8,
+        prompt_dim=128,
+        mask_in_chans=16,
+        decoder_depth=2,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+    ),
 }
 
 

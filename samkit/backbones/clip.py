@@ -24,6 +24,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -31,6 +32,7 @@ from samkit._checks import as_class_names, as_image, check_shape
 from samkit.backbones._clip_checkpoint import create_clip_model, create_tokenizer
 from samkit.backbones._clip_dense import DENSE_MODES, DenseMode, embed_images, run_dense_tower
 from samkit.backbones._clip_trainable import POLICIES, TrainablePolicy, apply_policy
+from samkit.backbones._shipped import SHIPPED_PRESETS, shipped_state_dict
 from samkit.types import ClipDenseOutput, TextEmbedding
 
 __all__ = ["ClipBackbone", "build_clip_backbone", "similarity_map"]
@@ -436,12 +438,16 @@ def build_clip_backbone(
     *,
     image_size: int | None = None,
     quick_gelu: bool | None = None,
+    pretrained: bool = True,
 ) -> ClipBackbone:
     """Build a frozen `ClipBackbone` offline.
 
     Args:
         name: An open_clip built-in model name (`"ViT-B-16"`, `"ViT-L-14-336"`, ...) or
-            `"tiny"` (random 4-block ViT, image 32, patch 8, width 64; text width 32; C_e 32).
+            `"tiny-synth"` (4-block ViT, image 64, patch 8, width 128; 3-block text tower,
+            width 64; C_e 64) with the weights samkit ships, pretrained on generated scenes by
+            `samkit pretrain clip` (see `docs/pretrained.md`); or `"tiny"` (random 4-block ViT,
+            image 32, patch 8, width 64; text width 32; C_e 32) for tests.
         checkpoint: A local file: OpenAI's TorchScript archive (`ViT-B-16.pt`), a `torch.save`d
             state dict (OpenAI's or open_clip's layout), or `.safetensors`; `None` gives random
             weights. Loaded strictly; pickles only with `weights_only=True`.
@@ -455,6 +461,8 @@ def build_clip_backbone(
             look the same). A state dict with full-precision weight matrices (open_clip / LAION
             training) gets GELU; one that is float16 throughout gets GELU with a warning. See
             `docs/backbones/clip.md`.
+        pretrained: Load the shipped weights of a preset that has them (`tiny-synth`), checked
+            against their recorded SHA-256; ignored when `checkpoint` is given.
 
     Returns:
         The backbone, frozen (policy `"none"`) and in eval mode, on the CPU.
@@ -476,7 +484,23 @@ def build_clip_backbone(
         (32, 64, 8, 32)
     """
     model = create_clip_model(name, checkpoint, image_size=image_size, quick_gelu=quick_gelu)
+    key = f"clip/{name}"
+    if checkpoint is None and pretrained and key in SHIPPED_PRESETS:
+        state = open_clip_state(shipped_state_dict(key))
+        resize_pos_embed(state, model)
+        model.load_state_dict(state, strict=True)
     return ClipBackbone(model=model, tokenizer=create_tokenizer(name))
+
+
+def open_clip_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The open_clip model's state dict from a `ClipBackbone` one (`model.` prefixes removed).
+
+    `samkit pretrain clip` writes the backbone's state dict; a state dict already in open_clip's
+    layout is returned unchanged.
+    """
+    if all(k.startswith("model.") for k in state):
+        return {k[len("model.") :]: v for k, v in state.items()}
+    return state
 
 
 def similarity_map(features: Tensor, text: Tensor, *, eps: float = 1e-12) -> Tensor:

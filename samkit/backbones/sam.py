@@ -44,6 +44,7 @@ from samkit.backbones._sam_build import (
     PIXEL_MEAN,
     PIXEL_STD,
     SAM_VARIANTS,
+    SamVariantSpec,
     build_sam_parts,
     load_strict,
     read_state_dict,
@@ -55,9 +56,10 @@ from samkit.backbones._sam_ops import (
     encoder_forward,
     predict_masks_batched,
 )
+from samkit.backbones._shipped import SHIPPED_PRESETS, shipped_state_dict
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
-__all__ = ["SamBackbone", "SamLike", "build_sam_backbone"]
+__all__ = ["SAM_VARIANTS", "SamBackbone", "SamLike", "SamVariantSpec", "build_sam_backbone"]
 
 POINT_LABELS = (-1, 0, 1)
 """The point labels of SAM's `PromptEncoder`: -1 padding, 0 background, 1 foreground."""
@@ -705,29 +707,36 @@ class SamBackbone(nn.Module):
 
 
 def build_sam_backbone(
-    variant: str = "vit_b", checkpoint: str | os.PathLike[str] | None = None
+    variant: str | SamVariantSpec = "vit_b",
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: bool = True,
 ) -> SamBackbone:
     """Build a SAM backbone from segment_anything's classes, optionally loading local weights.
 
     Variants: `vit_b`, `vit_l`, `vit_h` (official hyper-parameters: 1024 px input, 16 px patches,
-    64x64 embedding grid, `D = 256`) and `tiny` (128 px input, 8 px patches, 16x16 grid, `D = 32`,
-    64x64 low-res masks; random weights, fast on CPU, for tests and examples) and `small` (the
-    same encoder shape with a 64-d ViT and `D = 128`: its mask decoder upscales through 32 and 16
-    channels instead of 8 and 4, enough to learn object outlines from frozen random features;
-    used where a trained decoder must draw good masks). Without a
-    checkpoint the weights are random. The model is returned in eval mode with every parameter
-    trainable; use `SamBackbone.freeze` to freeze parts.
+    64x64 embedding grid, `D = 256`); `tiny-synth` (128 px input, 8 px patches, a 128-d 4-block
+    ViT, `D = 128`, 1.6 M parameters) with the weights samkit ships, pretrained on generated
+    scenes by `samkit pretrain sam` (see `docs/pretrained.md`); and two random-weight presets
+    for tests: `tiny` (128 px input, 16x16 grid, `D = 32`, 64x64 low-res masks) and `small` (the
+    same encoder shape with a 64-d ViT and `D = 128`). Any other size: pass a `SamVariantSpec`.
+    Without a checkpoint (and for `tiny-synth` with `pretrained=False`) the weights are random.
+    The model is returned in eval mode with every parameter trainable; use `SamBackbone.freeze`
+    to freeze parts.
 
     Args:
-        variant: One of `"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny"`, `"small"`.
-        checkpoint: Path of an official SAM checkpoint (`.pth` or `.safetensors`), loaded strictly
-            with `weights_only=True`. Never downloaded.
+        variant: A preset name (`"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny-synth"`, `"tiny"`,
+            `"small"`) or a `SamVariantSpec` for a custom size.
+        checkpoint: Path of a SAM checkpoint (`.pth` or `.safetensors`), loaded strictly with
+            `weights_only=True`. Never downloaded.
+        pretrained: Load the shipped weights of a preset that has them (`tiny-synth`), checked
+            against their recorded SHA-256; ignored when `checkpoint` is given.
 
     Returns:
         The `SamBackbone`, on the CPU, in eval mode.
 
     Raises:
-        ValueError: For an unknown variant.
+        ValueError: For an unknown variant, or shipped weights whose checksum does not match.
         FileNotFoundError: If `checkpoint` does not exist.
         RuntimeError: If the checkpoint's keys or shapes do not match the variant.
 
@@ -735,13 +744,24 @@ def build_sam_backbone(
         >>> sam = build_sam_backbone("tiny")
         >>> sam.img_size, sam.prompt_dim, sam.embedding_size
         (128, 32, (16, 16))
+        >>> from dataclasses import replace
+        >>> spec = replace(SAM_VARIANTS["tiny"], encoder_depth=3, encoder_global_attn_indexes=(2,))
+        >>> len(build_sam_backbone(spec).image_encoder.blocks)
+        3
     """
-    if variant not in SAM_VARIANTS:
+    if isinstance(variant, SamVariantSpec):
+        spec = variant
+    elif variant in SAM_VARIANTS:
+        spec = SAM_VARIANTS[variant]
+    else:
         raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(SAM_VARIANTS)}")
-    image_encoder, prompt_encoder, mask_decoder = build_sam_parts(SAM_VARIANTS[variant])
+    image_encoder, prompt_encoder, mask_decoder = build_sam_parts(spec)
     sam = SamBackbone(
         image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder
     )
     if checkpoint is not None:
         sam.load_checkpoint(checkpoint)
+    elif pretrained and isinstance(variant, str) and f"sam/{variant}" in SHIPPED_PRESETS:
+        key = f"sam/{variant}"
+        load_strict(sam, shipped_state_dict(key), source=f"shipped {key}")
     return sam.eval()

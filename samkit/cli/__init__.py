@@ -15,10 +15,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from samkit.cli import demo, evaluate, predict, train
-from samkit.cli.demo import RANDOM_WEIGHTS_NOTE, run_demo
+from samkit.cli import demo, evaluate, predict, pretrain, train
+from samkit.cli.demo import RANDOM_WEIGHTS_NOTE, UNTRAINED_HEADS_NOTE, run_demo
 
-__all__ = ["RANDOM_WEIGHTS_NOTE", "build_parser", "main", "run_demo"]
+__all__ = ["RANDOM_WEIGHTS_NOTE", "UNTRAINED_HEADS_NOTE", "build_parser", "main", "run_demo"]
 
 # Errors that bad input produces (missing or unreadable files, invalid values, wrong run).
 # RuntimeError covers torch's own reports (e.g. a state dict that does not fit); `--debug`
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks instead of one-line errors"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, train, evaluate, predict):
+    for command in (demo, train, evaluate, predict, pretrain):
         command.add_parser(sub)
     return parser
 

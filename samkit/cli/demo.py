@@ -13,14 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["RANDOM_WEIGHTS_NOTE", "add_parser", "run_demo"]
+__all__ = ["RANDOM_WEIGHTS_NOTE", "UNTRAINED_HEADS_NOTE", "add_parser", "run_demo"]
 
 RANDOM_WEIGHTS_NOTE = (
-    "note: the backbones have RANDOM weights, so every mask and score below is meaningless; the "
-    "demo shows the plumbing, not quality. Pass real checkpoints with --sam-checkpoint (and "
-    "--sam-variant vit_b|vit_l|vit_h) and --clip-checkpoint (and --clip-model, e.g. ViT-B-16). "
-    "The systems (SSP-SAM, SAM-CP, SAM-MI) always run their tiny presets with untrained heads; "
-    "see each system's docs page for training and for loading trained weights."
+    "note: a backbone has RANDOM weights (--sam-variant tiny or --clip-model tiny), so its masks "
+    "and scores are meaningless; the default backbones are samkit's shipped tiny-synth ones."
+)
+
+UNTRAINED_HEADS_NOTE = (
+    "note: SAM and CLIP are samkit's shipped tiny-synth backbones (pretrained on generated "
+    "scenes; see docs/pretrained.md) unless checkpoints are given. The system heads of SSP-SAM, "
+    "SAM-CP and SAM-MI are UNTRAINED here, so their panels show the plumbing, not quality; "
+    "train them with `samkit train` (see each system's docs page)."
 )
 
 
@@ -45,14 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     demo.add_argument(
         "--sam-variant",
         default=None,
-        choices=["tiny", "vit_b", "vit_l", "vit_h"],
-        help="SAM architecture (default: tiny, or vit_h when a checkpoint is given)",
+        choices=["tiny-synth", "tiny", "small", "vit_b", "vit_l", "vit_h"],
+        help="SAM architecture (default: tiny-synth, or vit_h when a checkpoint is given)",
     )
     demo.add_argument("--clip-checkpoint", type=Path, default=None, help="local CLIP weights")
     demo.add_argument(
         "--clip-model",
         default=None,
-        help="open_clip model name (default: tiny, or ViT-B-16 when a checkpoint is given)",
+        help="open_clip model name (default: tiny-synth, or ViT-B-16 when a checkpoint is given)",
     )
     demo.add_argument("--num-scenes", type=int, default=4, help="generated scenes to run on")
     demo.add_argument("--size", type=int, default=128, help="scene size in pixels")
@@ -74,9 +78,12 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    random_weights = args.sam_checkpoint is None or args.clip_checkpoint is None
-    if random_weights:
-        print(RANDOM_WEIGHTS_NOTE)
+    random_weights = (args.sam_variant in ("tiny", "small") and args.sam_checkpoint is None) or (
+        args.clip_model == "tiny" and args.clip_checkpoint is None
+    )
+    notes = ([RANDOM_WEIGHTS_NOTE] if random_weights else []) + [UNTRAINED_HEADS_NOTE]
+    for note in notes:
+        print(note)
     timings = _Timings()
     steps: list[tuple[str, Callable[[_demo.DemoContext], list[Path]]]] = _demo.STEPS
     ctx = _demo.DemoContext.create(args, timings.add)
@@ -93,7 +100,7 @@ def run_demo(args: argparse.Namespace) -> int:
         out / "timings.md",
         (
             "# samkit demo timings\n\n"
-            + (f"_{RANDOM_WEIGHTS_NOTE}_\n\n" if random_weights else "")
+            + "".join(f"_{note}_\n\n" for note in notes)
             + f"device: {ctx.device}, scenes: {args.num_scenes} x {args.size} px\n\n"
             + table
         ).encode(),

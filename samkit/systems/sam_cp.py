@@ -152,6 +152,22 @@ class SAMCPConfig:
         )
         return dataclasses.replace(base, **overrides)
 
+    @classmethod
+    def tiny_synth(cls, **overrides: Any) -> SAMCPConfig:
+        """`tiny` heads on the shipped pretrained `tiny-synth` SAM and CLIP backbones.
+
+        The SAM proposer uses SAM-CP's "SAM*" filters (predicted IoU 0.8, stability 0.9) on a
+        16 x 16 grid: the pretrained SAM's own patches, not oracle ones.
+        """
+        base = cls.tiny(
+            sam_variant="tiny-synth",
+            clip_name="tiny-synth",
+            points_per_side=16,
+            pred_iou_thresh=0.8,
+            stability_score_thresh=0.9,
+        )
+        return dataclasses.replace(base, **overrides)
+
 
 class SAMCP(PretrainedModule):
     """SAM-CP: composable prompts over SAM patches (semantic queries + instance queries).
@@ -496,7 +512,11 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
         1
     """
     cfg = resolve_config(
-        SAMCPConfig, cfg, overrides, presets={"tiny": SAMCPConfig.tiny}, system="SAM-CP"
+        SAMCPConfig,
+        cfg,
+        overrides,
+        presets={"tiny": SAMCPConfig.tiny, "tiny-synth": SAMCPConfig.tiny_synth},
+        system="SAM-CP",
     )
     check_unit_interval(cfg.affinity_threshold, name="affinity_threshold")
     check_unit_interval(cfg.kappa, name="kappa")

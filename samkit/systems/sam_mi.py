@@ -123,6 +123,22 @@ class SAMMIConfig:
         )
         return dataclasses.replace(base, **overrides)
 
+    @classmethod
+    def tiny_synth(cls, **overrides: Any) -> SAMMIConfig:
+        """`tiny` heads on the shipped pretrained `tiny-synth` SAM and CLIP (128 px CLIP input).
+
+        The pretrained CLIP's image-text alignment is kept as the paper does: only its q and v
+        projections are fine-tuned, at a tenth of the base learning rate.
+        """
+        base = cls.tiny(
+            clip_name="tiny-synth",
+            clip_size=128,
+            sam_variant="tiny-synth",
+            clip_finetune="attention_qv",
+            clip_lr_multiplier=0.1,
+        )
+        return dataclasses.replace(base, **overrides)
+
 
 class SAMMI(PretrainedModule):
     """The SAM-MI model (see the module docstring for the data flow).
@@ -415,7 +431,11 @@ def build_sam_mi(
         (True, True)
     """
     cfg = resolve_config(
-        SAMMIConfig, cfg, overrides, presets={"tiny": SAMMIConfig.tiny}, system="SAM-MI"
+        SAMMIConfig,
+        cfg,
+        overrides,
+        presets={"tiny": SAMMIConfig.tiny, "tiny-synth": SAMMIConfig.tiny_synth},
+        system="SAM-MI",
     )
     custom = tuple(n for n, given in (("sam", sam), ("clip", clip)) if given is not None)
     if clip is None:

@@ -113,8 +113,25 @@ SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
         "decoder_freeze_epochs": 0,
         "has_target_min_fraction": 0.005,
     },
+    "tiny-synth": {
+        "clip_name": "tiny-synth",
+        "clip_image_size": 128,
+        "surgery_depth": 2,
+        "sam_variant": "tiny-synth",
+        "adapter_dim": 64,
+        "adapter_heads": 4,
+        "num_prompts": 8,
+        "depth": 2,
+        "num_heads": 4,
+        "mlp_dim": 128,
+        "text_length": 16,
+        "decoder_lr": 1e-4,
+        "decoder_freeze_epochs": 0,
+        "has_target_min_fraction": 0.005,
+    },
 }
-"""Named presets: the paper's two variants and a `tiny` one (random tiny backbones) for tests."""
+"""Named presets: the paper's two variants; `tiny-synth` (the shipped pretrained tiny backbones,
+heads at `tiny` size) and `tiny` (random tiny backbones) for CPU examples and tests."""
 
 
 class SSPSAM(PretrainedModule):
