@@ -20,7 +20,6 @@ Writes `benchmarks/results/pretrained_quality.json` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -92,6 +91,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "pretrained_quality.json")
     args = parser.parse_args()
 
+    from samkit.data.writers import write_json
     from samkit.pretrain.report import measure
 
     torch.manual_seed(0)
@@ -107,8 +107,7 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
     }
     report["weights"] = {"sam": args.sam or "shipped", "clip": args.clip or "shipped"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(args.out, report, indent=2)
     print("\n".join(_rows(report)))
     print(f"\nwrote {args.out}")
 

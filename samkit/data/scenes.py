@@ -123,7 +123,7 @@ def _shape(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray) ->
     if kind == "polygon":
         n = int(rng.integers(3, 9))
         k = np.arange(n)[:, None, None] * 2 * np.pi / n
-        return bool_all(u[None] * np.cos(k) + v[None] * np.sin(k) <= np.cos(np.pi / n))
+        return np.all(u[None] * np.cos(k) + v[None] * np.sin(k) <= np.cos(np.pi / n), axis=0)
     if kind == "ellipse":
         b = rng.uniform(0.4, 1.0)
         return u**2 + (v / b) ** 2 <= 1.0
@@ -148,11 +148,6 @@ def _shape(rng: np.random.Generator, kind: str, u: np.ndarray, v: np.ndarray) ->
         x, y = 1.25 * u, -1.25 * v + 0.25
         return (x**2 + y**2 - 1.0) ** 3 - x**2 * y**3 <= 0.0
     raise ValueError(f"unknown shape kind {kind!r}")
-
-
-def bool_all(x: np.ndarray) -> np.ndarray:
-    """`x.all(axis=0)` (a named helper so the polygon test reads as one line)."""
-    return np.asarray(x.all(axis=0))
 
 
 # ------------------------------------------------------------------ textures and colours
@@ -350,9 +345,6 @@ def generate_family_scene(family: str, seed: int, *, size: int = 128) -> FamilyS
 
 
 # ------------------------------------------------------------------ CLIP pairs
-_SHAPE_KINDS = {"circle": "circle", "square": "square", "triangle": "triangle", "star": "star"}
-
-
 def generate_object_crop(
     seed: int,
     *,
@@ -430,7 +422,7 @@ def generate_object_crop(
         r,
         rng.uniform(-0.26, 0.26),
     )
-    mask = _render.shape_mask(spec, _SHAPE_KINDS[shape_name], size, size)
+    mask = _render.shape_mask(spec, shape_name, size, size)
     rgb = tuple(float(x) for x in np.asarray(COLORS[color_name]) + rng.uniform(-0.05, 0.05, 3))
     _render.paint_flat(rng, image, mask, rgb, noise=0.02)  # type: ignore[arg-type]
     out = np.clip(image, 0.0, 1.0).astype(np.float32)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
         MaskAP,
         mask_ap,
     )
+    from samkit.metrics.mean import MeanMetric
     from samkit.metrics.panoptic import (
         PanopticQuality,
         panoptic_quality,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MaskAP",
+    "MeanMetric",
     "PR_THRESHOLDS",
     "PanopticQuality",
     "REFERENCE_EMPTY_TOLERANCE",
@@ -60,6 +62,9 @@ if not TYPE_CHECKING:
             "instance": [
                 "MaskAP",
                 "mask_ap",
+            ],
+            "mean": [
+                "MeanMetric",
             ],
             "panoptic": [
                 "PanopticQuality",

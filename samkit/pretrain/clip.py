@@ -46,7 +46,7 @@ from samkit.data.synthetic import (
     THING_CLASSES,
     generate_scene,
 )
-from samkit.pretrain.quality import MeanMetric
+from samkit.metrics.mean import MeanMetric
 
 __all__ = [
     "HELDOUT_COMBOS",
@@ -299,7 +299,7 @@ class ClipPretrainTask:
 
     def summarize(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """`zero_shot_accuracy` (held-out combinations in the validation set)."""
-        return {"zero_shot_accuracy": metrics["accuracy"].compute()}
+        return {"zero_shot_accuracy": metrics["accuracy"].compute()["mean"]}
 
 
 def _vocabulary() -> tuple[list[str], dict[tuple[int, int], int]]:

@@ -7,7 +7,6 @@
 * `grid_recall`: `SamAutomaticMaskGenerator` semantics (a point grid, three masks per point,
   predicted-IoU and stability filters, box NMS) through `samkit.proposals.SamPatchProposer`, and
   the fraction of ground-truth segments matched by a proposal at IoU >= 0.5.
-* `MeanMetric`: a streaming mean that reduces across ranks.
 """
 
 # axis legend
@@ -22,48 +21,10 @@ from torch import Tensor
 from torchvision.ops import masks_to_boxes
 
 from samkit.backbones.sam import SamLike
-from samkit.metrics._sync import all_reduce_sum, check_not_synced
 from samkit.proposals import SamPatchProposer
 from samkit.types import Prompts
 
-__all__ = ["MeanMetric", "centre_points", "grid_recall", "mask_iou", "prompt_quality"]
-
-
-class MeanMetric:
-    """Mean of every value added, reduced across ranks by `sync`.
-
-    Examples:
-        >>> m = MeanMetric()
-        >>> m.update(torch.tensor([1.0, 2.0])); m.update(torch.tensor([3.0]))
-        >>> m.compute()
-        2.0
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything added."""
-        self.total = 0.0
-        self.count = 0
-        self._synced = False
-
-    def update(self, values: Tensor) -> None:
-        """Add the values of a tensor (any shape)."""
-        check_not_synced(self._synced, "MeanMetric", "update")
-        self.total += float(values.double().sum())
-        self.count += values.numel()
-
-    def sync(self) -> None:
-        """Sum totals and counts over all ranks (collective)."""
-        check_not_synced(self._synced, "MeanMetric", "sync")
-        both = all_reduce_sum(torch.tensor([self.total, float(self.count)], dtype=torch.float64))
-        self.total, self.count = float(both[0]), int(both[1])
-        self._synced = True
-
-    def compute(self) -> float:
-        """The mean (NaN when nothing was added)."""
-        return self.total / self.count if self.count else float("nan")
+__all__ = ["centre_points", "grid_recall", "mask_iou", "prompt_quality"]
 
 
 def mask_iou(pred: Tensor, gt: Tensor) -> Tensor:

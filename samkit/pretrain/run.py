@@ -13,7 +13,6 @@ the engine's run folder (checkpoints, `log.jsonl`) plus:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from samkit._io import write_atomic
+from samkit.data.writers import write_json
 
 __all__ = ["RECIPES", "PretrainRecipe", "export_fp16", "pretrain"]
 
@@ -97,10 +97,6 @@ def export_fp16(module: nn.Module, path: str | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def pretrain(
     kind: str,
     out_dir: str | Path,
@@ -151,7 +147,7 @@ def pretrain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_main_process():
-        _write_json(out / "recipe.json", asdict(recipe))
+        write_json(out / "recipe.json", asdict(recipe), indent=2)
     # Tiny models trained from scratch on CPU produce denormal floats that slow every step by an
     # order of magnitude; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
@@ -195,7 +191,7 @@ def pretrain(
                 "threads_per_process": torch.get_num_threads(),
             }
         )
-        _write_json(out / "quality.json", report)
+        write_json(out / "quality.json", report, indent=2)
     return dict(broadcast_object(report))
 
 

@@ -39,7 +39,8 @@ from torchvision.ops import masks_to_boxes, sigmoid_focal_loss
 
 from samkit.backbones.sam import SamBackbone
 from samkit.data.scenes import PRETRAIN_FAMILIES, SCENE_FAMILIES, FamilyScene, generate_family_scene
-from samkit.pretrain.quality import MeanMetric, prompt_quality
+from samkit.metrics.mean import MeanMetric
+from samkit.pretrain.quality import mask_iou, prompt_quality
 from samkit.types import Prompts
 
 __all__ = ["FamilySceneDataset", "SamPretrainBatch", "SamPretrainTask"]
@@ -114,14 +115,6 @@ def _focal_dice(logits: Tensor, target: Tensor) -> Tensor:
     return 20.0 * focal.flatten(-2).mean(-1) + dice
 
 
-def _iou(logits: Tensor, target: Tensor) -> Tensor:
-    """IoU of `logits > 0` with `target > 0.5`, `(..., h, w)` -> `(...)`."""
-    pred, gt = logits > 0, target > 0.5
-    inter = (pred & gt).flatten(-2).sum(-1).float()
-    union = (pred | gt).flatten(-2).sum(-1).float()
-    return inter / union.clamp_min(1.0)
-
-
 def _sample_points(weights: Tensor) -> Tensor:
     """One pixel per row of `weights (R, H, W)` (uniform over the non-zero ones): `(R, 2)` x, y.
 
@@ -187,8 +180,7 @@ class SamPretrainTask:
         """Ground-truth masks `(..., H, W)` in the SAM input frame at the decoder's resolution."""
         h, w = masks.shape[-2:]
         s = self.model.img_size
-        scale = s / max(h, w)
-        nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+        nh, nw = self.model._resized_size((h, w))
         flat = masks.reshape(-1, 1, h, w).float()
         flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", align_corners=False)
         flat = F.pad(flat, (0, s - nw, 0, s - nh))
@@ -247,7 +239,7 @@ class SamPretrainTask:
             best = mask_loss.argmin(dim=-1, keepdim=True)  # (B, K/2, 1)
             losses["mask"].append(mask_loss.gather(-1, best))
             with torch.no_grad():
-                iou = _iou(pred.low_res_logits, tgt)
+                iou = mask_iou(pred.low_res_logits > 0, tgt > 0.5).to(pred.iou_scores.dtype)
             losses["iou"].append(F.mse_loss(pred.iou_scores, iou, reduction="none"))
             logits = pred.low_res_logits.gather(2, best[..., None, None].expand(-1, -1, 1, *low))
             rounds.append((prompts, logits, group))
@@ -259,7 +251,7 @@ class SamPretrainTask:
                 tgt = target[:, group, None]
                 losses["mask"].append(_focal_dice(pred.low_res_logits, tgt))
                 with torch.no_grad():
-                    iou = _iou(pred.low_res_logits, tgt)
+                    iou = mask_iou(pred.low_res_logits > 0, tgt > 0.5).to(pred.iou_scores.dtype)
                 losses["iou"].append(F.mse_loss(pred.iou_scores, iou, reduction="none"))
                 next_rounds.append((prompts, pred.low_res_logits, group))
             rounds = next_rounds
@@ -273,7 +265,7 @@ class SamPretrainTask:
         """Add one correction click per prompt and feed `logits (B, K, 1, h4, w4)` back."""
         b, k, h, w = gt.shape
         model = self.model
-        pred = model.postprocess_masks(logits[:, :, 0], self._input_size(size), size) > 0
+        pred = model.postprocess_masks(logits[:, :, 0], self.model._resized_size(size), size) > 0
         missed, spilled = gt & ~pred, pred & ~gt
         error = missed | spilled
         xy = _sample_points(error.reshape(b * k, h, w))
@@ -290,10 +282,6 @@ class SamPretrainTask:
             points = torch.cat([prompts.points, click], dim=2)
             labels = torch.cat([prompts.labels, label], dim=2)
         return Prompts(points=points, labels=labels, boxes=prompts.boxes, masks=logits)
-
-    def _input_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        scale = self.model.img_size / max(size)
-        return int(size[0] * scale + 0.5), int(size[1] * scale + 0.5)
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, batch: SamPretrainBatch) -> list[dict[str, Tensor]]:
@@ -321,7 +309,7 @@ class SamPretrainTask:
     def summarize(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """`point_miou_best`, `point_miou_choice`, `box_miou`."""
         return {
-            "point_miou_best": metrics["point_best"].compute(),
-            "point_miou_choice": metrics["point_choice"].compute(),
-            "box_miou": metrics["box"].compute(),
+            "point_miou_best": metrics["point_best"].compute()["mean"],
+            "point_miou_choice": metrics["point_choice"].compute()["mean"],
+            "box_miou": metrics["box"].compute()["mean"],
         }
