@@ -95,39 +95,32 @@ SSPSAMOutput = ReferringOutput
 REFERENCE_QUIRKS: dict[str, Any] = {"feature_norm": "token", "gru_over_padding": True}
 """Overrides that reproduce the released SSP-SAM code (spec §8.2, §8.14)."""
 
+_TINY: dict[str, Any] = {
+    "clip_name": "tiny",
+    "clip_image_size": 64,
+    "sam_variant": "tiny",
+    "adapter_dim": 64,
+    "adapter_heads": 4,
+    "num_prompts": 8,
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_dim": 128,
+    "text_length": 16,
+    "decoder_lr": 1e-4,
+    "decoder_freeze_epochs": 0,
+    "has_target_min_fraction": 0.005,
+}
+
 SSP_SAM_PRESETS: dict[str, dict[str, Any]] = {
     "vit_l14_336": {},
     "vit_b16_224": {"clip_name": "ViT-B-16", "clip_image_size": 224},
-    "tiny": {
-        "clip_name": "tiny",
-        "clip_image_size": 64,
-        "sam_variant": "tiny",
-        "adapter_dim": 64,
-        "adapter_heads": 4,
-        "num_prompts": 8,
-        "depth": 2,
-        "num_heads": 4,
-        "mlp_dim": 128,
-        "text_length": 16,
-        "decoder_lr": 1e-4,
-        "decoder_freeze_epochs": 0,
-        "has_target_min_fraction": 0.005,
-    },
+    "tiny": _TINY,
     "tiny-synth": {
+        **_TINY,
         "clip_name": "tiny-synth",
         "clip_image_size": 128,
         "surgery_depth": 2,
         "sam_variant": "tiny-synth",
-        "adapter_dim": 64,
-        "adapter_heads": 4,
-        "num_prompts": 8,
-        "depth": 2,
-        "num_heads": 4,
-        "mlp_dim": 128,
-        "text_length": 16,
-        "decoder_lr": 1e-4,
-        "decoder_freeze_epochs": 0,
-        "has_target_min_fraction": 0.005,
     },
 }
 """Named presets: the paper's two variants; `tiny-synth` (the shipped pretrained tiny backbones,
