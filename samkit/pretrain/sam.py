@@ -13,11 +13,9 @@ training recipe (Kirillov et al., 2023, §3 and appendix A):
   error region of the previous prediction (foreground where it missed the segment, background
   where it spilled over), added to the prompt, and the previous mask logits are fed back as the
   mask prompt;
-* the loss is `20 * focal + dice` on the mask plus the mean squared error of the IoU prediction
-  against the IoU of the predicted mask. As in SAM 2's trainer, masks are compared at the model's
-  input resolution: the decoder's low-resolution logits are upsampled bilinearly (the first step
-  of `postprocess_masks`) and the ground truth is resized and padded into the input frame, so
-  the loss trains the boundary where inference puts it.
+* the loss is `20 * focal + dice` on the mask (computed at the decoder's resolution against the
+  area-downsampled ground truth) plus the mean squared error of the IoU prediction against the
+  IoU of the predicted mask.
 
 The task is a `samkit.engine.Task`, so the engine (`Trainer`) runs it with its schedules,
 checkpoints and exact resume; `samkit pretrain sam` is the command line.
@@ -26,7 +24,6 @@ checkpoints and exact resume; `samkit pretrain sam` is the command line.
 # axis legend
 # b - images (B), k - prompts per image (K), n - points per prompt (N)
 # m - masks per prompt (M), h w - low-res mask grid (4h x 4w of the embedding grid)
-# S - the model's square input side (img_size)
 
 from __future__ import annotations
 
@@ -179,35 +176,16 @@ class SamPretrainTask:
             is_thing=[s.is_thing for s in samples],
         )
 
-    def _input_target(self, masks: Tensor) -> Tensor:
-        """Ground-truth masks `(..., H, W)` resized and padded into the SAM input frame (soft)."""
+    def _lowres_target(self, masks: Tensor, low: tuple[int, int]) -> Tensor:
+        """Ground-truth masks `(..., H, W)` in the SAM input frame at the decoder's resolution."""
         h, w = masks.shape[-2:]
         s = self.model.img_size
         nh, nw = self.model._resized_size((h, w))
         flat = masks.reshape(-1, 1, h, w).float()
-        if (nh, nw) != (h, w):
-            flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", align_corners=False)
+        flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", align_corners=False)
         flat = F.pad(flat, (0, s - nw, 0, s - nh))
-        return flat.reshape(*masks.shape[:-2], s, s)
-
-    def _upsample(self, low_res: Tensor) -> Tensor:
-        """Low-resolution logits `(..., 4h, 4w)` -> the input frame `(..., S, S)` (bilinear)."""
-        s = self.model.img_size
-        flat = low_res.reshape(-1, 1, *low_res.shape[-2:])
-        flat = F.interpolate(flat, size=(s, s), mode="bilinear", align_corners=False)
-        return flat.reshape(*low_res.shape[:-2], s, s)
-
-    def _mask_losses(self, low_res: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Mask loss `(..., M)` and IoU-prediction target `(..., M)` of `low_res (..., M, 4h, 4w)`.
-
-        `target (..., 1, S, S)` is the soft ground truth in the input frame.
-        """
-        logits = self._upsample(low_res)
-        target = target.expand_as(logits)
-        loss = _focal_dice(logits, target)
-        with torch.no_grad():
-            iou = mask_iou(logits > 0, target > 0.5)
-        return loss, iou
+        flat = F.adaptive_avg_pool2d(flat, low)
+        return flat.reshape(*masks.shape[:-2], *low)
 
     def _choose(self, batch: SamPretrainBatch) -> Tensor:
         """`K` segments per image (without replacement while there are enough): `(B, K, H, W)`."""
@@ -241,7 +219,7 @@ class SamPretrainTask:
         gt = self._choose(batch)  # (B, K, H, W)
         half = self.prompts_per_image // 2
         low = (4 * model.embedding_size[0], 4 * model.embedding_size[1])
-        target = self._input_target(gt)  # (B, K, S, S)
+        target = self._lowres_target(gt, low)  # (B, K, h4, w4)
 
         pts = _sample_points(gt[:, :half].reshape(b * half, h, w)).reshape(b, half, 1, 2)
         point_prompts = Prompts(
@@ -256,13 +234,13 @@ class SamPretrainTask:
             (slice(half, None), box_prompts, False),
         ):
             pred = model.predict(emb, prompts, multimask=multimask, upsample=False)
-            tgt = target[:, group, None]  # (B, K/2, 1, S, S)
-            mask_loss, iou = self._mask_losses(pred.low_res_logits, tgt)
+            tgt = target[:, group, None]  # (B, K/2, 1, h4, w4)
+            mask_loss = _focal_dice(pred.low_res_logits, tgt.expand_as(pred.low_res_logits))
             best = mask_loss.argmin(dim=-1, keepdim=True)  # (B, K/2, 1)
             losses["mask"].append(mask_loss.gather(-1, best))
-            losses["iou"].append(
-                F.mse_loss(pred.iou_scores, iou.to(pred.iou_scores.dtype), reduction="none")
-            )
+            with torch.no_grad():
+                iou = mask_iou(pred.low_res_logits > 0, tgt > 0.5).to(pred.iou_scores.dtype)
+            losses["iou"].append(F.mse_loss(pred.iou_scores, iou, reduction="none"))
             logits = pred.low_res_logits.gather(2, best[..., None, None].expand(-1, -1, 1, *low))
             rounds.append((prompts, logits, group))
         for _ in range(self.correction_rounds):
@@ -270,11 +248,11 @@ class SamPretrainTask:
             for prompts, logits, group in rounds:
                 prompts = self._correct(prompts, logits.detach(), gt[:, group], (h, w))
                 pred = model.predict(emb, prompts, multimask=False, upsample=False)
-                mask_loss, iou = self._mask_losses(pred.low_res_logits, target[:, group, None])
-                losses["mask"].append(mask_loss)
-                losses["iou"].append(
-                    F.mse_loss(pred.iou_scores, iou.to(pred.iou_scores.dtype), reduction="none")
-                )
+                tgt = target[:, group, None]
+                losses["mask"].append(_focal_dice(pred.low_res_logits, tgt))
+                with torch.no_grad():
+                    iou = mask_iou(pred.low_res_logits > 0, tgt > 0.5).to(pred.iou_scores.dtype)
+                losses["iou"].append(F.mse_loss(pred.iou_scores, iou, reduction="none"))
                 next_rounds.append((prompts, pred.low_res_logits, group))
             rounds = next_rounds
         mask = torch.cat([x.flatten() for x in losses["mask"]]).mean()
