@@ -60,6 +60,17 @@ def test_import_samkit_loads_no_upstream_library() -> None:
     assert got["sam"], "looking up a backbone builder imports segment_anything"
 
 
+def test_data_readers_load_no_upstream_library() -> None:
+    """Reading a data file needs no torchvision: `torchvision.ops` alone costs seconds
+    (it loads `torch._dynamo`), so the few helpers taken from it are imported where used."""
+    got = _fresh(
+        "from samkit.data import CocoInstances, CocoPanoptic, RefCoco, SemanticFolder\n"
+        "from samkit.data import load_data_file\n"
+        f"print(json.dumps({_loaded([*HEAVY, 'torch._dynamo'])}))"
+    )
+    assert got == []
+
+
 def test_from_imports_and_submodule_attributes_still_work() -> None:
     got = _fresh(
         "import samkit\n"

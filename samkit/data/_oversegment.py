@@ -7,14 +7,16 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage.segmentation import watershed
 
 
 def split_segment(
     rng: np.random.Generator, mask: np.ndarray, *, max_parts: int, min_part_area: int
 ) -> list[np.ndarray]:
     """Geodesic Voronoi split of one mask; every part is 4-connected."""
+    # imported here: scipy and scikit-image cost ~0.4 s, and only scene generation needs them
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
     area = int(mask.sum())
     if area == 0:
         return []

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.ops import masks_to_boxes
 
 from samkit.data._items import (
     PanopticBatch,
@@ -180,6 +179,8 @@ class SyntheticReferringDataset(_SceneDataset):
         scene_index, expr_index = divmod(self._index(index), self.expressions_per_scene)
         scene = self.scene(scene_index)
         expr = scene.expressions[expr_index]
+        from torchvision.ops import masks_to_boxes  # lazy: torchvision.ops loads torch._dynamo
+
         box = (
             masks_to_boxes(expr.target_mask[None])[0]
             if expr.has_target

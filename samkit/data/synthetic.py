@@ -31,7 +31,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import masks_to_boxes
 
 from samkit._checks import check_shape
 from samkit.data import _expressions as _expr
@@ -204,6 +203,8 @@ class Scene:
     @property
     def instance_boxes(self) -> Tensor:
         """`(I, 4)` float boxes `(x0, y0, x1, y1)` with inclusive pixel extremes."""
+        from torchvision.ops import masks_to_boxes  # lazy: torchvision.ops loads torch._dynamo
+
         return masks_to_boxes(self.instance_masks)
 
     @property

@@ -25,7 +25,6 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import masks_to_boxes
 
 from samkit.data._items import PanopticSample, ReferringSample, SemanticSample
 
@@ -91,6 +90,8 @@ def resize_labels(labels: Tensor, size: int, *, fill: int | bool) -> Tensor:
 
 def _boxes(masks: Tensor) -> Tensor:
     """`(M, 4)` xyxy boxes of `(M, H, W)` masks; zeros for empty masks."""
+    from torchvision.ops import masks_to_boxes  # lazy: torchvision.ops loads torch._dynamo
+
     boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32)
     nonempty = masks.flatten(1).any(1)
     if nonempty.any():
