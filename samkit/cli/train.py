@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     eng.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
     eng.add_argument("--accumulate", type=int, default=None, help="micro-batches per step")
     eng.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    eng.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        default=None,
+        help="flush denormal floats to zero on the CPU while training (faster for small models)",
+    )
     eng.add_argument("--eval-every", type=int, default=None, help="steps between evaluations")
     eng.add_argument("--log-every", type=int, default=None)
     eng.add_argument("--checkpoint-every", type=int, default=None)
@@ -102,6 +108,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         "grad_clip": args.grad_clip,
         "accumulate": args.accumulate,
         "bf16": args.bf16,
+        "flush_denormal": args.flush_denormal,
         "eval_every": args.eval_every,
         "log_every": args.log_every,
         "checkpoint_every": args.checkpoint_every,

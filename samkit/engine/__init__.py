@@ -17,7 +17,7 @@ from samkit._lazy import attach
 from samkit.engine.evaluate import evaluate
 
 if TYPE_CHECKING:
-    from samkit.engine import distributed
+    from samkit.engine import distributed, numerics
     from samkit.engine.checkpoint import (
         latest_checkpoint,
         list_checkpoints,
@@ -38,6 +38,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "numerics",
     "save_checkpoint",
 ]
 
@@ -61,5 +62,5 @@ if not TYPE_CHECKING:
                 "build_scheduler",
             ],
         },
-        submodules=["distributed"],
+        submodules=["distributed", "numerics"],
     )

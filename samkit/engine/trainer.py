@@ -40,6 +40,7 @@ from samkit.engine.checkpoint import (
     save_checkpoint,
 )
 from samkit.engine.evaluate import evaluate
+from samkit.engine.numerics import denormals_flushed
 from samkit.engine.task import Task
 
 __all__ = ["TrainConfig", "Trainer", "build_scheduler"]
@@ -92,6 +93,10 @@ class TrainConfig:
             None for none. The same random geometric transform goes to each sample's image and
             all its masks and label maps (drawn from the global torch RNG, so resume stays
             exact). It augments `ReferringBatch`, `PanopticBatch` and `SemanticBatch`.
+        flush_denormal: Flush denormal floats to zero on the CPU while `fit` runs (restored
+            after it; see `samkit.engine.numerics.denormals_flushed`): small models trained
+            from scratch on CPU otherwise slow down by up to an order of magnitude. Results
+            change only below float32's smallest normal number.
     """
 
     steps: int | tuple[int, ...] = 1000
@@ -113,6 +118,7 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     augment: str | None = None
+    flush_denormal: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, list):
@@ -458,6 +464,11 @@ class Trainer:
             FileExistsError: If `out_dir` holds checkpoints and `resume` is False.
             FloatingPointError: If a logged loss is not finite.
         """
+        with denormals_flushed(self.config.flush_denormal):
+            return self._fit(resume=resume)
+
+    def _fit(self, *, resume: bool) -> dict[str, float]:
+        """`fit`'s body (run inside the requested floating-point mode)."""
         config, task = self.config, self.task
         # rank 0 looks at the run directory; every rank acts on its answer (no rank may
         # raise or resume alone: the others would wait in a collective forever)

@@ -126,8 +126,6 @@ def pretrain(
     Raises:
         ValueError: For an unknown kind or preset.
     """
-    from samkit.engine import TrainConfig, Trainer
-
     key = f"{kind}/{preset}"
     if key not in RECIPES:
         raise ValueError(f"kind/preset: expected one of {sorted(RECIPES)}, got {key!r}")
@@ -149,8 +147,27 @@ def pretrain(
     if is_main_process():
         write_json(out / "recipe.json", asdict(recipe), indent=2)
     # Tiny models trained from scratch on CPU produce denormal floats that slow every step by an
-    # order of magnitude; flushing them to zero changes nothing measurable.
-    torch.set_flush_denormal(True)
+    # order of magnitude; flushing them to zero changes nothing measurable. The mode covers the
+    # whole run (the weights were made with it) and is restored on return.
+    from samkit.engine.numerics import denormals_flushed
+
+    with denormals_flushed():
+        return _pretrain(kind, recipe, key, out, resume, progress, evaluate_scenes)
+
+
+def _pretrain(
+    kind: str,
+    recipe: PretrainRecipe,
+    key: str,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    evaluate_scenes: int,
+) -> dict[str, Any]:
+    """`pretrain`'s run (training, export and measurement) inside its floating-point mode."""
+    from samkit.engine import TrainConfig, Trainer
+    from samkit.engine.distributed import broadcast_object, is_main_process, world_size
+
     torch.manual_seed(recipe.seed)
     task, train_data, val_data = _build(recipe)
     config = TrainConfig(
@@ -172,8 +189,6 @@ def pretrain(
     start = time.perf_counter()
     Trainer(task, train_data, config, out, val_data=val_data).fit(resume=resume)
     minutes = (time.perf_counter() - start) / 60.0
-    from samkit.engine.distributed import broadcast_object
-
     report: dict[str, Any] = {}
     if is_main_process():  # under torchrun every rank holds the same weights; rank 0 writes
         model = task.model
