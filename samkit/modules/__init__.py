@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         select_instances,
     )
     from samkit.modules.patch_encoder import (
+        BackboneFPN,
         PatchEncoder,
         PostNormSelfAttentionLayer,
         ResidualFFN,
@@ -100,6 +101,7 @@ __all__ = [
     "AffinityDecoder",
     "AffinityDecoderLayer",
     "AffinityHead",
+    "BackboneFPN",
     "ClassAggregation",
     "CostAggregator",
     "CostEmbedding",
@@ -223,6 +225,7 @@ if not TYPE_CHECKING:
                 "select_instances",
             ],
             "patch_encoder": [
+                "BackboneFPN",
                 "PatchEncoder",
                 "PostNormSelfAttentionLayer",
                 "ResidualFFN",
