@@ -150,6 +150,24 @@ class TestClipConvNeXtFeatures:
             64,
         )
 
+    def test_device(self, convnext_file: Path, device: torch.device) -> None:
+        model = _build(
+            backbone="clip",
+            clip_name="tiny-convnext",
+            clip_checkpoint=str(convnext_file),
+            open_vocabulary=True,
+        ).eval()
+        expected = _forward(model)
+        model.to(device)  # the CLIP moves with the feature extractor that holds it
+        assert model.clip.pixel_mean.device.type == device.type
+        patches = [p.to(device) for p in _patches()]
+        with torch.no_grad():
+            out = model(_images().to(device), patches)
+        for got, want in zip((out.affinities, out.class_logits), expected, strict=True):
+            assert got.device.type == device.type
+            torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
+        assert model.predict(_images().to(device), patches)[0].panoptic.shape == (64, 64)
+
     def test_save_leaves_the_clip_out_and_reads_it_back(
         self, convnext_file: Path, tmp_path: Path
     ) -> None:
