@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from samkit.modules.cost_decoder import (
         UpsamplingDecoder,
     )
+    from samkit.modules.feature_pyramid import (
+        BackboneFPN,
+        ResNetFPN,
+        TimmFPN,
+        TinyFeaturePyramid,
+    )
     from samkit.modules.injection import (
         DecoupledMaskInjection,
         HighFrequencyInjection,
@@ -65,13 +71,9 @@ if TYPE_CHECKING:
         select_instances,
     )
     from samkit.modules.patch_encoder import (
-        BackboneFPN,
         PatchEncoder,
         PostNormSelfAttentionLayer,
         ResidualFFN,
-        ResNetFPN,
-        TimmFPN,
-        TinyFeaturePyramid,
         box_sine_embedding,
         roi_levels,
     )
@@ -205,6 +207,12 @@ if not TYPE_CHECKING:
             "cost_decoder": [
                 "UpsamplingDecoder",
             ],
+            "feature_pyramid": [
+                "BackboneFPN",
+                "ResNetFPN",
+                "TimmFPN",
+                "TinyFeaturePyramid",
+            ],
             "injection": [
                 "DecoupledMaskInjection",
                 "HighFrequencyInjection",
@@ -225,13 +233,9 @@ if not TYPE_CHECKING:
                 "select_instances",
             ],
             "patch_encoder": [
-                "BackboneFPN",
                 "PatchEncoder",
                 "PostNormSelfAttentionLayer",
                 "ResidualFFN",
-                "ResNetFPN",
-                "TimmFPN",
-                "TinyFeaturePyramid",
                 "box_sine_embedding",
                 "roi_levels",
             ],

@@ -28,20 +28,14 @@ from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
+from samkit.modules.feature_pyramid import BackboneFPN, ResNetFPN, TimmFPN, TinyFeaturePyramid
 from samkit.modules.merging import (
     PanopticFusion,
     merge_patches,
     query_candidates,
     select_instances,
 )
-from samkit.modules.patch_encoder import (
-    BackboneFPN,
-    PatchEncoder,
-    ResNetFPN,
-    TimmFPN,
-    TinyFeaturePyramid,
-    pyramid_features,
-)
+from samkit.modules.patch_encoder import PatchEncoder, pyramid_features
 from samkit.proposals import SamPatchProposer, pad_patches
 from samkit.systems._config import resolve_config
 from samkit.systems._pretrained import BackboneSource, PretrainedModule

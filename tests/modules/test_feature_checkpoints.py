@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from samkit.modules.patch_encoder import BackboneFPN, ResNetFPN, TimmFPN, TinyFeaturePyramid
+from samkit.modules.feature_pyramid import BackboneFPN, ResNetFPN, TimmFPN, TinyFeaturePyramid
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
