@@ -8,6 +8,7 @@ from samkit._lazy import attach
 
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
+    from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
     from samkit.backbones.sam import (
         SAM_VARIANTS,
         SamBackbone,
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClipBackbone",
+    "ClipConvNeXt",
     "SAM_VARIANTS",
     "SamBackbone",
     "SamLike",
     "SamVariantSpec",
     "build_clip_backbone",
+    "build_clip_convnext",
     "build_sam_backbone",
     "similarity_map",
 ]
@@ -36,6 +39,7 @@ if not TYPE_CHECKING:
                 "build_clip_backbone",
                 "similarity_map",
             ],
+            "clip_convnext": ["ClipConvNeXt", "build_clip_convnext"],
             "sam": [
                 "SAM_VARIANTS",
                 "SamBackbone",

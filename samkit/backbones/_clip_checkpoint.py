@@ -64,8 +64,29 @@ def _tiny_synth_cfgs(image_size: int | None) -> dict[str, object]:
     return {"embed_dim": 64, "vision_cfg": vision, "text_cfg": text}
 
 
+def _tiny_convnext_cfgs(image_size: int | None) -> dict[str, object]:
+    """Configs of `tiny-convnext`: timm's `test_convnext` image tower and a 2-block text tower.
+
+    The ConvNeXt has 4 stages of 24, 32, 48 and 64 channels (strides 4 to 32) and a linear
+    projection to the 32-channel joint embedding, as open_clip's `convnext_base_w` has.
+    """
+    vision = open_clip.CLIPVisionCfg(
+        timm_model_name="test_convnext",
+        timm_model_pretrained=False,
+        timm_pool="",
+        timm_proj="linear",
+        image_size=image_size or 64,
+    )
+    text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
+    return {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
+
+
 # Architectures built inline (not open_clip configs): name -> configs for `open_clip.CLIP`.
-INLINE_CFGS = {TINY_NAME: _tiny_cfgs, "tiny-synth": _tiny_synth_cfgs}
+INLINE_CFGS = {
+    TINY_NAME: _tiny_cfgs,
+    "tiny-synth": _tiny_synth_cfgs,
+    "tiny-convnext": _tiny_convnext_cfgs,
+}
 
 
 def _network_error(what: str) -> ValueError:

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from samkit.modules.cost_decoder import (
         UpsamplingDecoder,
     )
+    from samkit.modules.feature_pyramid import (
+        BackboneFPN,
+        ResNetFPN,
+        TimmFPN,
+        TinyFeaturePyramid,
+    )
     from samkit.modules.injection import (
         DecoupledMaskInjection,
         HighFrequencyInjection,
@@ -68,9 +74,6 @@ if TYPE_CHECKING:
         PatchEncoder,
         PostNormSelfAttentionLayer,
         ResidualFFN,
-        ResNetFPN,
-        TimmFPN,
-        TinyFeaturePyramid,
         box_sine_embedding,
         roi_levels,
     )
@@ -100,6 +103,7 @@ __all__ = [
     "AffinityDecoder",
     "AffinityDecoderLayer",
     "AffinityHead",
+    "BackboneFPN",
     "ClassAggregation",
     "CostAggregator",
     "CostEmbedding",
@@ -203,6 +207,12 @@ if not TYPE_CHECKING:
             "cost_decoder": [
                 "UpsamplingDecoder",
             ],
+            "feature_pyramid": [
+                "BackboneFPN",
+                "ResNetFPN",
+                "TimmFPN",
+                "TinyFeaturePyramid",
+            ],
             "injection": [
                 "DecoupledMaskInjection",
                 "HighFrequencyInjection",
@@ -226,9 +236,6 @@ if not TYPE_CHECKING:
                 "PatchEncoder",
                 "PostNormSelfAttentionLayer",
                 "ResidualFFN",
-                "ResNetFPN",
-                "TimmFPN",
-                "TinyFeaturePyramid",
                 "box_sine_embedding",
                 "roi_levels",
             ],

@@ -15,30 +15,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork, roi_align
+from torchvision.ops import roi_align
 
 from samkit._checks import as_image, check_shape, resolve_image_sizes
+
+# The feature pyramids lived here until they moved to `feature_pyramid`; still importable here.
+from samkit.modules.feature_pyramid import ResNetFPN, TimmFPN, TinyFeaturePyramid  # noqa: F401
 
 __all__ = [
     "PatchEncoder",
     "PostNormSelfAttentionLayer",
-    "ResNetFPN",
     "ResidualFFN",
-    "TimmFPN",
-    "TinyFeaturePyramid",
     "box_sine_embedding",
     "pyramid_features",
     "roi_levels",
 ]
-
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 def box_sine_embedding(
@@ -269,162 +265,6 @@ class PostNormSelfAttentionLayer(nn.Module):
         q = x + pos
         x = self.norm1(x + self.attn(q, q, x, key_padding_mask=kpm, need_weights=False)[0])
         return self.norm2(self.ffn(x))
-
-
-class _Normalize(nn.Module):
-    mean: Tensor
-    std: Tensor
-
-    def _normalize(self, images: Tensor) -> Tensor:
-        return (images - self.mean) / self.std
-
-
-class TinyFeaturePyramid(_Normalize):
-    """A small strided-conv feature pyramid (strides 4, 8, 16, 32) for fast CPU runs and tests.
-
-    Images in `[0, 1]` are ImageNet-normalised, then each level is a 3x3 stride-2 conv, a norm
-    layer and ReLU.
-
-    Examples:
-        >>> [f.shape[-1] for f in TinyFeaturePyramid(dim=8)(torch.rand(1, 3, 64, 64))]
-        [16, 8, 4, 2]
-    """
-
-    def __init__(self, *, dim: int = 32, num_levels: int = 4, norm: str = "batch") -> None:
-        """Create the pyramid.
-
-        Args:
-            dim: Output channels of every level.
-            num_levels: Number of levels (strides `4 * 2**i`).
-            norm: `"batch"`, `"group"` (one group: per-image statistics) or `"none"`.
-        """
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
-
-        if norm not in ("batch", "group", "none"):
-            raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            layer: nn.Module = nn.Identity()
-            if norm == "batch":
-                layer = nn.BatchNorm2d(cout)
-            elif norm == "group":
-                layer = nn.GroupNorm(1, cout)
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), layer, nn.ReLU())
-
-        self.stem = nn.Sequential(block(3, dim), block(dim, dim))
-        self.levels = nn.ModuleList([block(dim, dim) for _ in range(num_levels - 1)])
-        self.out_channels = dim
-        self.strides: tuple[int, ...] = tuple(4 * 2**i for i in range(num_levels))
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Compute the pyramid of `(B, 3, H, W)` images; returns `[(B, D, H/4, W/4), ...]`."""
-        check_shape(images, "B 3 H W", name="images")
-        x = self.stem(self._normalize(images))
-        out = [x]
-        for level in self.levels:
-            x = level(x)
-            out.append(x)
-        return out
-
-
-class ResNetFPN(_Normalize):
-    """torchvision ResNet + FPN feature pyramid (strides 4, 8, 16, 32), the SAM-CP default.
-
-    Examples:
-        >>> net = ResNetFPN(depth=18, out_channels=16)
-        >>> [f.shape[1] for f in net(torch.rand(1, 3, 64, 64))]
-        [16, 16, 16, 16]
-    """
-
-    def __init__(
-        self, *, depth: int = 50, out_channels: int = 256, trainable_layers: int = 3
-    ) -> None:
-        """Create a randomly initialised ResNet-`depth` with an FPN (load weights separately).
-
-        Args:
-            depth: 18, 34, 50 or 101.
-            out_channels: FPN width `D`.
-            trainable_layers: How many of the last ResNet stages are trainable (the rest frozen).
-        """
-        super().__init__()
-        import torchvision
-
-        resnet = getattr(torchvision.models, f"resnet{depth}")(
-            weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d
-        )
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.stages = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
-        for stage in list(self.stages)[: 4 - trainable_layers]:
-            stage.requires_grad_(False)
-        self.stem.requires_grad_(False)
-        widths = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
-        self.fpn = FeaturePyramidNetwork(widths, out_channels)
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
-        self.out_channels = out_channels
-        self.strides: tuple[int, ...] = (4, 8, 16, 32)
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
-        check_shape(images, "B 3 H W", name="images")
-        x = self.stem(self._normalize(images))
-        feats = {}
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            feats[str(i)] = x
-        return list(self.fpn(feats).values())
-
-
-class TimmFPN(_Normalize):
-    """Any timm backbone with 4 feature levels (e.g. ConvNeXt-L, Swin-L) + a torchvision FPN.
-
-    Built with `pretrained=False` (load weights separately, never downloaded).
-
-    Examples:
-        >>> net = TimmFPN(model_name="resnet18", out_channels=16)
-        >>> len(net(torch.rand(1, 3, 64, 64)))
-        4
-    """
-
-    def __init__(self, *, model_name: str, out_channels: int = 256, **kwargs: Any) -> None:
-        """Create the backbone.
-
-        Args:
-            model_name: A timm model name (`"convnext_large"`, `"swin_large_patch4_window7_224"`).
-            out_channels: FPN width `D`.
-            **kwargs: Passed to `timm.create_model` (e.g. `img_size` for Swin).
-        """
-        super().__init__()
-        import timm
-
-        self.body = timm.create_model(
-            model_name, pretrained=False, features_only=True, out_indices=(-4, -3, -2, -1), **kwargs
-        )
-        self.channels = list(self.body.feature_info.channels())  # type: ignore[union-attr,operator]
-        self.fpn = FeaturePyramidNetwork(self.channels, out_channels)
-        cfg = getattr(self.body, "pretrained_cfg", {}) or {}
-        mean, std = cfg.get("mean", _MEAN), cfg.get("std", _STD)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.out_channels = out_channels
-        self.strides: tuple[int, ...] = tuple(
-            int(r)
-            for r in self.body.feature_info.reduction()  # type: ignore[union-attr,operator]
-        )
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Compute FPN levels of `(B, 3, H, W)` images in `[0, 1]`; returns 4 `(B, D, h, w)`."""
-        check_shape(images, "B 3 H W", name="images")
-        feats = {}
-        for i, (x, c) in enumerate(
-            zip(self.body(self._normalize(images)), self.channels, strict=True)
-        ):
-            if x.shape[1] != c and x.shape[-1] == c:  # channels-last (Swin)
-                x = rearrange(x, "b h w c -> b c h w")
-            feats[str(i)] = x
-        return list(self.fpn(feats).values())
 
 
 class PatchEncoder(nn.Module):

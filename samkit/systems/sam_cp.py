@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,21 +25,17 @@ from samkit._checks import (
     resolve_image_sizes,
 )
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
+from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
 from samkit.modules.classifier import OpenVocabularyEnsemble, VisionLanguageClassifier
+from samkit.modules.feature_pyramid import BackboneFPN, ResNetFPN, TimmFPN, TinyFeaturePyramid
 from samkit.modules.merging import (
     PanopticFusion,
     merge_patches,
     query_candidates,
     select_instances,
 )
-from samkit.modules.patch_encoder import (
-    PatchEncoder,
-    ResNetFPN,
-    TimmFPN,
-    TinyFeaturePyramid,
-    pyramid_features,
-)
+from samkit.modules.patch_encoder import PatchEncoder, pyramid_features
 from samkit.proposals import SamPatchProposer, pad_patches
 from samkit.systems._config import resolve_config
 from samkit.systems._pretrained import BackboneSource, PretrainedModule
@@ -88,16 +84,15 @@ class SAMCPConfig:
         (32, 2, 80)
     """
 
-    backbone: str = (
-        "resnet50"  # patch-encoder image backbone: resnet50 | tiny | convnext_large | swin_large
-    )
+    backbone: str = "resnet50"  # image backbone: resnet18..152 | tiny | clip | a timm name
     backbone_kwargs: dict[str, Any] = field(
         default_factory=dict
     )  # extra timm kwargs (e.g. img_size)
+    feature_checkpoint: str | None = None  # local resnet* / timm trunk weights; never downloaded
     sam_variant: str = "vit_h"  # SAM used by the patch proposer (ViT-H in the paper)
     sam_checkpoint: str | None = None  # local SAM weights for the proposer
     build_proposer: bool = True  # build SAM for `predict(images)` without precomputed patches
-    clip_name: str = "ViT-B-16"  # CLIP giving the class text embeddings (ViT-B, 512-d)
+    clip_name: str = "ViT-B-16"  # CLIP of the text embeddings (ConvNeXt with backbone="clip")
     clip_checkpoint: str | None = None  # local CLIP weights
     quick_gelu: bool | None = None  # CLIP activation; None: read from the checkpoint (OpenAI: on)
     text_templates: tuple[str, ...] = ("a photo of a {}.",)  # prompt templates for class names
@@ -175,6 +170,8 @@ class SAMCP(PretrainedModule):
     `forward` returns per-layer affinities and class logits for training; `predict` returns
     panoptic, instance and semantic results at the original size. Save and load a trained model
     with `save_pretrained` / `SAMCP.from_pretrained` (the vocabulary is the config's classes).
+    With `backbone="clip"` the feature extractor is an FPN over a CLIP ConvNeXt's image tower
+    and the same CLIP's text tower gives the class embeddings (`clip`).
 
     Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False).eval()
@@ -187,8 +184,6 @@ class SAMCP(PretrainedModule):
         >>> model.predict(torch.rand(1, 3, 64, 64), [patches_from_masks(masks)])[0].panoptic.shape
         torch.Size([64, 64])
     """
-
-    clip: ClipBackbone
 
     system_name = "sam_cp"
     display_name = "SAM-CP"
@@ -204,7 +199,7 @@ class SAMCP(PretrainedModule):
         decoder: AffinityDecoder,
         classifier: VisionLanguageClassifier,
         fusion: PanopticFusion,
-        clip: ClipBackbone,
+        clip: ClipBackbone | ClipConvNeXt,
         proposer: SamPatchProposer | None = None,
         open_vocabulary: OpenVocabularyEnsemble | None = None,
     ) -> None:
@@ -218,7 +213,9 @@ class SAMCP(PretrainedModule):
             decoder: The affinity decoder.
             classifier: The vision-language classifier.
             fusion: The panoptic fusion.
-            clip: A `ClipBackbone` (frozen) for class text embeddings.
+            clip: A frozen CLIP for class text embeddings: a `ClipBackbone`, or the
+                `ClipConvNeXt` that is `feature_extractor.backbone` (held there only, not
+                registered a second time).
             proposer: Optional SAM patch proposer used when `predict` gets no patches.
             open_vocabulary: Optional frozen-CLIP ensemble applied in `predict`.
         """
@@ -230,7 +227,8 @@ class SAMCP(PretrainedModule):
         self.decoder = decoder
         self.classifier = classifier
         self.fusion = fusion
-        self.clip = clip
+        if clip is not getattr(feature_extractor, "backbone", None):
+            self._modules["clip"] = clip  # otherwise `clip` reads it from the feature extractor
         self.proposer = proposer
         self.open_vocabulary = open_vocabulary
         self._text_cache: dict[tuple[str, ...], Tensor] = {}
@@ -239,8 +237,29 @@ class SAMCP(PretrainedModule):
     def _build_from_config(cls, config: Any) -> SAMCP:
         return build_sam_cp(config)
 
+    @property
+    def clip(self) -> ClipBackbone | ClipConvNeXt:
+        """The frozen CLIP giving class text embeddings (and open-vocabulary dense features).
+
+        With `backbone="clip"` it is the feature extractor's CLIP ConvNeXt
+        (`feature_extractor.backbone`, its only place in the module tree).
+        """
+        own = self._modules.get("clip")
+        if own is None:
+            own = cast(nn.Module, self.feature_extractor.backbone)
+        return cast("ClipBackbone | ClipConvNeXt", own)
+
     def _backbone_sources(self) -> list[BackboneSource]:
-        sources = [BackboneSource("clip", "clip_checkpoint", ("clip",))]
+        if "clip" in self._modules:
+            sources = [BackboneSource("clip", "clip_checkpoint", ("clip",))]
+        else:
+            sources = [BackboneSource("clip", "clip_checkpoint", ("feature_extractor.backbone",))]
+        trunk = {
+            ResNetFPN: ("feature_extractor.stem", "feature_extractor.stages"),
+            TimmFPN: ("feature_extractor.body",),
+        }.get(type(self.feature_extractor))
+        if trunk is not None:  # a trained trunk: always saved, the file is not needed to load
+            sources.append(BackboneSource("features", "feature_checkpoint", trunk, frozen=False))
         if self.proposer is not None:
             sources.append(BackboneSource("sam", "sam_checkpoint", ("proposer.sam",)))
         return sources
@@ -480,21 +499,53 @@ def _empty_output(
     )
 
 
-def _feature_extractor(cfg: SAMCPConfig) -> nn.Module:
+def _feature_extractor(cfg: SAMCPConfig, clip: ClipBackbone | ClipConvNeXt) -> nn.Module:
+    if cfg.backbone == "clip":
+        assert isinstance(clip, ClipConvNeXt)
+        return BackboneFPN(
+            backbone=clip, channels=clip.channels, strides=clip.strides, out_channels=cfg.dim
+        )
     if cfg.backbone == "tiny":
         return TinyFeaturePyramid(dim=cfg.dim)
     if cfg.backbone.startswith("resnet"):
-        return ResNetFPN(depth=int(cfg.backbone[len("resnet") :]), out_channels=cfg.dim)
+        return ResNetFPN(
+            depth=int(cfg.backbone[len("resnet") :]),
+            out_channels=cfg.dim,
+            checkpoint=cfg.feature_checkpoint,
+        )
     names = {"convnext_large": "convnext_large", "swin_large": "swin_large_patch4_window12_384"}
     return TimmFPN(
         model_name=names.get(cfg.backbone, cfg.backbone),
         out_channels=cfg.dim,
+        checkpoint=cfg.feature_checkpoint,
         **cfg.backbone_kwargs,
     )
 
 
+def _build_clip(cfg: SAMCPConfig) -> ClipBackbone | ClipConvNeXt:
+    """The CLIP of the class embeddings: a ConvNeXt CLIP with `backbone="clip"`, else a ViT."""
+    if cfg.feature_checkpoint is not None and cfg.backbone in ("tiny", "clip"):
+        where = " (the CLIP's weights come from clip_checkpoint)" if cfg.backbone == "clip" else ""
+        raise ValueError(
+            f"feature_checkpoint: backbone {cfg.backbone!r} takes no trunk checkpoint{where}; "
+            f"got {cfg.feature_checkpoint!r}"
+        )
+    if cfg.backbone != "clip":
+        return build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
+    try:
+        return build_clip_convnext(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
+    except ValueError as err:
+        raise ValueError(f"clip_name: backbone='clip' needs a ConvNeXt CLIP: {err}") from err
+
+
 def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) -> SAMCP:
     """Build SAM-CP from a config, a dict of fields, or the preset name `"tiny"`.
+
+    Checkpoints are local files, never downloaded: `feature_checkpoint` for a `resnet*`
+    backbone (a torchvision ResNet state dict; its `fc.*` classifier is dropped) or a timm one;
+    with `backbone="clip"`, `clip_checkpoint` holds the open_clip ConvNeXt CLIP (`clip_name`,
+    e.g. `"convnext_large_d_320"`) whose image tower feeds the FPN and whose text tower gives
+    the class embeddings.
 
     Args:
         cfg: A `SAMCPConfig`, a dict of its fields, `"tiny"`, or `None` for the paper defaults.
@@ -504,7 +555,10 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
         The `SAMCP` module (random weights unless checkpoints are given in the config).
 
     Raises:
-        ValueError: On an unknown preset or a threshold / `kappa` outside `[0, 1]`.
+        ValueError: On an unknown preset, a threshold / `kappa` outside `[0, 1]`, a
+            `feature_checkpoint` for the `tiny` or `clip` backbones, a non-ConvNeXt
+            `clip_name` with `backbone="clip"`, or a checkpoint that is unreadable or does not
+            fit (the message names the file and lists the keys).
 
     Examples:
         >>> model = build_sam_cp("tiny", build_proposer=False, decoder_layers=1)
@@ -520,7 +574,7 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     )
     check_unit_interval(cfg.affinity_threshold, name="affinity_threshold")
     check_unit_interval(cfg.kappa, name="kappa")
-    clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)
+    clip = _build_clip(cfg)
     proposer = None
     if cfg.build_proposer:
         from samkit.backbones.sam import build_sam_backbone
@@ -537,7 +591,7 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
         )
     return SAMCP(
         config=cfg,
-        feature_extractor=_feature_extractor(cfg),
+        feature_extractor=_feature_extractor(cfg, clip),
         patch_encoder=PatchEncoder(
             dim=cfg.dim,
             num_heads=cfg.num_heads,
