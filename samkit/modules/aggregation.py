@@ -334,9 +334,10 @@ class ShallowMaskAggregator(nn.Module):
         text = check_binary(text_masks, name="text_masks")
         plans = [_output_rows(m, c, self.alpha, self.eps) for m, c in zip(sam, text, strict=True)]
         n_max = max(n_out for _, n_out in plans)
-        out = torch.zeros(s["B"], n_max, s["H"], s["W"], dtype=torch.bool, device=sam.device)
+        out = torch.empty(s["B"], n_max, s["H"], s["W"], dtype=torch.bool, device=sam.device)
         for b, (rows, n_out) in enumerate(plans):
             _unite(sam[b], rows, out[b, :n_out])
+            out[b, n_out:] = False  # padding; the rows above are written exactly once
         return out
 
 
@@ -380,8 +381,15 @@ def point_masks(
     if s["N"] == 0 or s["B"] == 0:
         return torch.zeros(s["B"], s["N"], *size, dtype=torch.bool, device=points.device)
     pred = sam.predict_points(embedding, points, batch_size=batch_size, multimask=True).best()
-    low = pred.low_res_logits[:, :, 0]  # (B, N, 4h, 4w) in the padded square
-    h_in, w_in = embedding.input_size
+    masks = _resample_masks(pred.low_res_logits[:, :, 0], embedding.input_size, sam, size)
+    return masks & valid[..., None, None]
+
+
+def _resample_masks(
+    low: Tensor, input_size: tuple[int, int], sam: Any, size: tuple[int, int]
+) -> Tensor:
+    """Low-res logits `(B, N, 4h, 4w)` in the padded square -> bool masks `(B, N, H', W')`."""
+    h_in, w_in = input_size
     # sample the low-res map at the target pixel centres (one exact bilinear lookup, no crop
     # rounding): target pixel centre -> fraction of the unpadded region -> padded-square coords
     ys = (torch.arange(size[0], device=low.device) + 0.5) / size[0] * (h_in / sam.img_size)
@@ -401,5 +409,4 @@ def point_masks(
             for c in flat.split(256)
         ]
     )
-    masks = rearrange(up, "(b n) 1 h w -> b n h w", b=s["B"]) > sam.mask_threshold
-    return masks & valid[..., None, None]
+    return rearrange(up, "(b n) 1 h w -> b n h w", b=low.shape[0]) > sam.mask_threshold
