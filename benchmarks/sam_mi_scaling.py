@@ -112,6 +112,14 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _commit(src: Path) -> str:
+    """`path @ commit` of a source tree (`+dirty` when it has uncommitted changes)."""
+    git = ["git", "-C", str(src)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    return f"{src} @ {head.stdout.strip() or '?'}{'+dirty' if dirty.stdout.strip() else ''}"
+
+
 def _fmt(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.baseline is not None:
         trees = {"baseline": args.baseline.resolve(), **trees}
     res: dict[str, Any] = {"machine": _machine(), "repeats": args.repeats, "results": {}}
+    res["trees"] = {label: _commit(src) for label, src in trees.items()}
     for task in args.tasks.split(","):
         for label, src in trees.items():
             if task == "copy" and label == "baseline":
