@@ -71,7 +71,7 @@ class TestOverlap:
     )
     @pytest.mark.parametrize("fill", [0.5, 1.0])
     def test_packed_counts_match_pixel_level_formula(
-        self, shape: tuple[int, int], grid: tuple[int, int], fill: float
+        self, shape: tuple[int, int], grid: tuple[int, int], fill: float, device: torch.device
     ) -> None:
         # the byte-packed pooling must be exact for every word size, for tiled and untiled
         # grids, and at full masks (where a byte reaches its largest count)
@@ -79,7 +79,7 @@ class TestOverlap:
         sam = torch.rand(4, *shape, generator=g) < fill
         sam[:, -1] = False  # cells of unequal counts, so a wrong count changes the ratios
         text = torch.rand(3, *grid, generator=g) > 0.4
-        got = mask_text_overlap(sam, text)
+        got = mask_text_overlap(sam.to(device), text.to(device)).cpu()
         torch.testing.assert_close(got, _naive_overlap(sam, text), atol=1e-5, rtol=0)
 
     def test_non_contiguous_masks(self) -> None:
@@ -189,6 +189,20 @@ class TestShallowMaskAggregator:
             naive = _naive_aggregation(s, t, 0.5)
             assert _as_set(out[i, : len(naive)]) == {m.numpy().tobytes() for m in naive}
             assert not out[i, len(naive) :].any()
+
+    def test_allocates_no_more_than_its_output(self) -> None:
+        # the fast path must not form N_s x K x H x W (here 262 MB) nor a float copy of the
+        # masks (10 MB): no single allocation exceeds the bool output (2.6 MB)
+        from torch.profiler import ProfilerActivity, profile
+
+        g = torch.Generator().manual_seed(0)
+        sam = torch.rand(1, 40, 256, 256, generator=g) > 0.5
+        labels = torch.randint(0, 100, (16, 16), generator=g)
+        text = F.one_hot(labels, 100).permute(2, 0, 1)[None].bool()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = ShallowMaskAggregator()(sam, text)
+        largest = max(e.cpu_memory_usage for e in prof.events())
+        assert out.shape[1] == 40 and largest <= out.numel()
 
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="text_masks"):

@@ -246,6 +246,19 @@ class TestChunkedForward:
         ):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=p)
 
+    def test_bounded_allocations(self) -> None:
+        # attention weights of all 64 locations at once would take 64 x 2 x 300^2 x 4 B = 46 MB;
+        # the chunked forward allocates nothing above a few times S_en (300 x 16 x 64 x 4 B)
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.manual_seed(5)
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8, max_chunk_elems=1 << 16)
+        cost = torch.randn(1, 300, 8, 8)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+            tspp.eval()(cost)
+        largest = max(e.cpu_memory_usage for e in p.events())
+        assert largest <= 300 * 16 * 64 * 4
+
     def test_eval_float32_matches_reference(self) -> None:
         # eval + no_grad takes nn.MultiheadAttention's fused fast path in the reference
         torch.manual_seed(4)
