@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce
+from einops import rearrange
 from torch import Tensor, nn
 
 from samkit._checks import check_binary, check_positive, check_shape, check_unit_interval
@@ -29,29 +29,57 @@ __all__ = [
     "shallow_mask_aggregation",
 ]
 
-_CHUNK_ELEMS = 1 << 24  # float elements per chunk when pooling masks (64 MB)
+_CHUNK_ELEMS = 1 << 24  # float elements per chunk on the fallback pooling path (64 MB)
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def _float_cell_counts(masks: Tensor, rows: Tensor, cols: Tensor, h: int, w: int) -> Tensor:
+    """Fallback of `_cell_counts` (cells over 255 rows tall): float pooling, in chunks."""
+    n, big_h, big_w = masks.shape
+    r = F.one_hot(rows, h).float()  # (H, h)
+    c = F.one_hot(cols, w).float()  # (W, w)
+    chunk = max(1, _CHUNK_ELEMS // max(1, big_h * big_w))
+    out = [
+        torch.einsum("nHW,Hh,Ww->nhw", masks[start : start + chunk].float(), r, c)
+        for start in range(0, n, chunk)
+    ]
+    return torch.cat(out) if out else masks.new_zeros((0, h, w), dtype=torch.float32)
 
 
 def _cell_counts(masks: Tensor, h: int, w: int) -> Tensor:
-    """Pixels of each mask in every cell of the `h x w` grid that nearest-upsampling defines."""
+    """Pixels of each bool mask in every cell of the `h x w` grid that nearest-upsampling defines.
+
+    Row `y` falls in cell row `floor(y * h / H)` (column likewise). The masks are summed as
+    packed bytes: a bool tensor stores one 0/1 byte per pixel, so adding machine words of 2-8
+    bytes adds 2-8 pixels at once, byte by byte, without carries while a cell spans at most 255
+    rows. Rows are summed this way, then the per-byte counts are summed over each cell's columns.
+    The extra memory is `N_s x h x W` counts, never a float copy of the masks.
+
+    Returns:
+        Counts `(N_s, h, w)` (float32, exact).
+    """
     n, big_h, big_w = masks.shape
-    chunk = max(1, _CHUNK_ELEMS // max(1, big_h * big_w))
-    out = []
-    divisible = big_h % h == 0 and big_w % w == 0
-    if not divisible:
-        rows = torch.div(torch.arange(big_h, device=masks.device) * h, big_h, rounding_mode="floor")
-        cols = torch.div(torch.arange(big_w, device=masks.device) * w, big_w, rounding_mode="floor")
-        r = F.one_hot(rows, h).float()  # (H, h)
-        c = F.one_hot(cols, w).float()  # (W, w)
-    for start in range(0, n, chunk):
-        m = masks[start : start + chunk].float()
-        if divisible:
-            out.append(reduce(m, "n (h i) (w j) -> n h w", "sum", h=h, w=w))
-        else:
-            out.append(torch.einsum("nHW,Hh,Ww->nhw", m, r, c))
-    if not out:
-        return masks.new_zeros((0, h, w), dtype=torch.float32)
-    return torch.cat(out)
+    dev = masks.device
+    rows = torch.div(torch.arange(big_h, device=dev) * h, big_h, rounding_mode="floor")
+    cols = torch.div(torch.arange(big_w, device=dev) * w, big_w, rounding_mode="floor")
+    if n == 0:
+        return torch.zeros(0, h, w, device=dev)
+    if -(-big_h // h) > 255:  # a byte could overflow: count in floats
+        return _float_cell_counts(masks, rows, cols, h, w)
+    nbytes = next(b for b in _WORDS if big_w % b == 0)
+    words = masks.contiguous().view(torch.uint8).view(_WORDS[nbytes])  # (N_s, H, W / nbytes)
+    if big_h % h == 0:
+        per_row = words.view(n, h, big_h // h, -1).sum(dim=2, dtype=_WORDS[nbytes])
+    else:
+        per_row = words.new_zeros((n, h, words.shape[-1]))
+        per_row.index_add_(1, rows, words)
+    per_byte = per_row.view(torch.uint8).view(n, h, big_w)  # pixels per (cell row, column)
+    if big_w % w == 0:
+        counts = per_byte.view(n, h, w, big_w // w).sum(dim=-1, dtype=torch.int32)
+    else:
+        counts = per_byte.new_zeros((n, h, w), dtype=torch.int32)
+        counts.index_add_(2, cols, per_byte.to(torch.int32))
+    return counts.float()
 
 
 def _check_grids(big_h: int, big_w: int, h: int, w: int) -> None:
@@ -92,9 +120,23 @@ def mask_text_overlap(sam_masks: Tensor, text_masks: Tensor, *, eps: float = 1e-
     _check_grids(s["H"], s["W"], t["h"], t["w"])
     sam_masks = check_binary(sam_masks, name="sam_masks")
     text_masks = check_binary(text_masks, name="text_masks")
-    counts = _cell_counts(sam_masks, t["h"], t["w"]).flatten(1)  # (N_s, hw)
-    inter = counts @ text_masks.flatten(1).float().T  # (N_s, K)
-    return inter / (counts.sum(dim=1, keepdim=True) + eps)
+    return _overlap_and_area(sam_masks, text_masks, eps)[0]
+
+
+def _overlap_and_area(sam: Tensor, text: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Eq. 6 scores `(N_s, K)` and mask areas `(N_s,)` of checked bool masks."""
+    counts = _cell_counts(sam, text.shape[1], text.shape[2]).flatten(1)  # (N_s, hw)
+    inter = counts @ text.flatten(1).float().T  # (N_s, K)
+    area = counts.sum(dim=1)
+    return inter / (area[:, None] + eps), area
+
+
+def _best_text(overlap: Tensor, alpha: float) -> Tensor:
+    """Arg-max text mask per SAM mask where its score exceeds `alpha`, else -1."""
+    if overlap.shape[1] == 0:
+        return torch.full((overlap.shape[0],), -1, dtype=torch.long, device=overlap.device)
+    best = overlap.max(dim=1)
+    return torch.where(best.values > alpha, best.indices, torch.full_like(best.indices, -1))
 
 
 def match_masks_to_text(
@@ -126,11 +168,46 @@ def match_masks_to_text(
         [0, 1]
     """
     check_unit_interval(alpha, name="alpha")
-    overlap = mask_text_overlap(sam_masks, text_masks, eps=eps)
-    if overlap.shape[1] == 0:
-        return torch.full((overlap.shape[0],), -1, dtype=torch.long, device=overlap.device)
-    best = overlap.max(dim=1)
-    return torch.where(best.values > alpha, best.indices, torch.full_like(best.indices, -1))
+    return _best_text(mask_text_overlap(sam_masks, text_masks, eps=eps), alpha)
+
+
+def _output_rows(sam: Tensor, text: Tensor, alpha: float, eps: float) -> tuple[Tensor, int]:
+    """Output row of every SAM mask (-1: empty, dropped) and the number of output rows.
+
+    Groups are the text index for joined masks and `K + i` for unjoined mask `i`; sorting the
+    groups gives the documented output order. An empty SAM mask never joins a text mask (its
+    score is 0), so dropping empty masks first leaves exactly the non-empty groups.
+    """
+    overlap, area = _overlap_and_area(sam, text, eps)
+    assign = _best_text(overlap, alpha)
+    n, k = sam.shape[0], text.shape[0]
+    group = torch.where(assign >= 0, assign, k + torch.arange(n, device=assign.device))
+    keep = area > 0
+    uniq, inverse = torch.unique(group[keep], sorted=True, return_inverse=True)
+    rows = torch.full_like(group, -1)
+    rows[keep] = inverse
+    return rows, len(uniq)
+
+
+def _unite(sam: Tensor, rows: Tensor, out: Tensor) -> None:
+    """Write into `out (N_m, H, W)` the union of the SAM masks of each output row, in place.
+
+    The first member of every row is gathered in one copy; each further member is OR-ed into its
+    row in place, so nothing but the output is allocated at mask size.
+    """
+    n_out = out.shape[0]
+    if n_out == 0:
+        return
+    n = sam.shape[0]
+    index = torch.arange(n, device=rows.device)
+    kept = rows >= 0
+    first = torch.full((n_out,), n, dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, rows[kept], index[kept], reduce="amin")
+    torch.index_select(sam, 0, first, out=out)
+    extra = kept & (index != first[rows.clamp_min(0)])
+    row_list = rows.tolist()
+    for i in torch.nonzero(extra).flatten().tolist():
+        out[row_list[i]].logical_or_(sam[i])
 
 
 def shallow_mask_aggregation(
@@ -171,23 +248,16 @@ def shallow_mask_aggregation(
         >>> out.shape, out[0, :, :2].all().item(), torch.equal(out[1], sam[2])
         (torch.Size([2, 4, 4]), True, True)
     """
-    assign = match_masks_to_text(sam_masks, text_masks, alpha=alpha, eps=eps)
-    n = sam_masks.shape[0]
-    k = text_masks.shape[0]
-    # group ids: text index for aggregated masks, k + i for unaggregated mask i
-    group = torch.where(assign >= 0, assign, k + torch.arange(n, device=assign.device))
-    uniq, inverse = torch.unique(group, sorted=True, return_inverse=True)
-    binary = sam_masks.bool()
-    out = binary.new_zeros((len(uniq), *binary.shape[1:]))
-    for row in range(len(uniq)):
-        out[row] = binary[inverse == row].any(dim=0)
-    nonempty = out.flatten(1).any(dim=1)
-    out = out[nonempty]
-    if not return_index:
-        return out
-    new_row = torch.cumsum(nonempty.long(), 0) - 1
-    index = torch.where(nonempty[inverse], new_row[inverse], torch.full_like(inverse, -1))
-    return out, index
+    s = check_shape(sam_masks, "N H W", name="sam_masks")
+    t = check_shape(text_masks, "K h w", name="text_masks")
+    _check_grids(s["H"], s["W"], t["h"], t["w"])
+    check_unit_interval(alpha, name="alpha")
+    sam = check_binary(sam_masks, name="sam_masks")
+    text = check_binary(text_masks, name="text_masks")
+    rows, n_out = _output_rows(sam, text, alpha, eps)
+    out = sam.new_empty((n_out, s["H"], s["W"]))
+    _unite(sam, rows, out)
+    return (out, rows) if return_index else out
 
 
 def pad_masks(masks: list[Tensor]) -> Tensor:
@@ -260,11 +330,15 @@ class ShallowMaskAggregator(nn.Module):
         _check_grids(s["H"], s["W"], t["h"], t["w"])
         if s["B"] == 0:
             return torch.zeros(0, 0, s["H"], s["W"], dtype=torch.bool, device=sam_masks.device)
-        per_image = [
-            shallow_mask_aggregation(m, t, alpha=self.alpha, eps=self.eps)
-            for m, t in zip(sam_masks, text_masks, strict=True)
-        ]
-        return pad_masks(per_image)  # type: ignore[arg-type]
+        sam = check_binary(sam_masks, name="sam_masks")
+        text = check_binary(text_masks, name="text_masks")
+        plans = [_output_rows(m, c, self.alpha, self.eps) for m, c in zip(sam, text, strict=True)]
+        n_max = max(n_out for _, n_out in plans)
+        out = torch.empty(s["B"], n_max, s["H"], s["W"], dtype=torch.bool, device=sam.device)
+        for b, (rows, n_out) in enumerate(plans):
+            _unite(sam[b], rows, out[b, :n_out])
+            out[b, n_out:] = False  # padding; the rows above are written exactly once
+        return out
 
 
 def point_masks(
@@ -307,8 +381,15 @@ def point_masks(
     if s["N"] == 0 or s["B"] == 0:
         return torch.zeros(s["B"], s["N"], *size, dtype=torch.bool, device=points.device)
     pred = sam.predict_points(embedding, points, batch_size=batch_size, multimask=True).best()
-    low = pred.low_res_logits[:, :, 0]  # (B, N, 4h, 4w) in the padded square
-    h_in, w_in = embedding.input_size
+    masks = _resample_masks(pred.low_res_logits[:, :, 0], embedding.input_size, sam, size)
+    return masks & valid[..., None, None]
+
+
+def _resample_masks(
+    low: Tensor, input_size: tuple[int, int], sam: Any, size: tuple[int, int]
+) -> Tensor:
+    """Low-res logits `(B, N, 4h, 4w)` in the padded square -> bool masks `(B, N, H', W')`."""
+    h_in, w_in = input_size
     # sample the low-res map at the target pixel centres (one exact bilinear lookup, no crop
     # rounding): target pixel centre -> fraction of the unpadded region -> padded-square coords
     ys = (torch.arange(size[0], device=low.device) + 0.5) / size[0] * (h_in / sam.img_size)
@@ -328,5 +409,4 @@ def point_masks(
             for c in flat.split(256)
         ]
     )
-    masks = rearrange(up, "(b n) 1 h w -> b n h w", b=s["B"]) > sam.mask_threshold
-    return masks & valid[..., None, None]
+    return rearrange(up, "(b n) 1 h w -> b n h w", b=low.shape[0]) > sam.mask_threshold

@@ -274,6 +274,7 @@ class TextGuidedSparsePointPrompter(nn.Module):
         reduction: Literal["max", "mean"] = "max",
         detach_input: bool = True,
         normalize_input: bool = False,
+        max_chunk_elems: int = 1 << 23,
     ) -> None:
         """Create the prompter.
 
@@ -288,8 +289,15 @@ class TextGuidedSparsePointPrompter(nn.Module):
             normalize_input: Standardise the cost volume per image (over classes and pixels)
                 before the MLP (robust to cost offset/scale drift, but it scales the gradient
                 that reaches the text encoder by `1 / std`; off by default).
+            max_chunk_elems: Largest intermediate, in elements, that one chunk of the forward
+                creates (default 8M, 32 MB in float32). The per-class layers run over chunks of
+                classes and the class attention over chunks of locations, so peak memory stays
+                near the size of `S_en` however many classes there are; results do not depend
+                on it.
         """
         super().__init__()
+        check_positive(max_chunk_elems, name="max_chunk_elems")
+        self.max_chunk_elems = max_chunk_elems
         self.detach_input, self.normalize_input = detach_input, normalize_input
         check_positive(grid, name="grid")
         if reduction not in ("max", "mean"):
@@ -332,16 +340,40 @@ class TextGuidedSparsePointPrompter(nn.Module):
         if self.normalize_input:  # per-image standardisation: robust to cost offset/scale drift
             mean = cost.mean(dim=(1, 2, 3), keepdim=True)
             cost = (cost - mean) / cost.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-4)
-        x = self.mlp(rearrange(cost, "b t h w -> (b t) 1 h w"))
         b, t, h, w = s["B"], s["T"], s["h"], s["w"]
-        tok = rearrange(x, "(b t) d h w -> (b h w) t d", b=b, t=t)
-        z = self.norm(tok)
-        tok = tok + self.class_attn(z, z, z, need_weights=False)[0]
-        x = rearrange(tok, "(b h w) t d -> (b t) d h w", b=b, h=h, w=w)
-        x = x + self.spatial(x)  # S_en, (B*T, D, h, w)
-        mask_logits = self.mask_head(rearrange(x, "(b t) d h w -> b t h w d", b=b, t=t))[..., 0]
-        xg = F.interpolate(x, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-        prob_logits = self.prob_head(rearrange(xg, "(b t) d h w -> b t h w d", b=b, t=t))[..., 0]
+        d, g = self.prob_head.in_features, self.grid
+        # per-class layers on chunks of classes (each chunk's intermediates are a few x its size)
+        classes = max(1, self.max_chunk_elems // (d * max(h * w, g * g)))
+        flat = rearrange(cost, "b t h w -> (b t) 1 h w")
+        x = flat.new_empty((b * t, d, h, w))
+        for i in range(0, b * t, classes):
+            x[i : i + classes] = self.mlp(flat[i : i + classes])
+        # class attention at every location, on chunks of locations: one location holds up to
+        # heads x T x T attention weights, all (B h w) locations at once would hold that many times
+        tok = rearrange(x, "(b t) d h w -> (b h w) t d", b=b, t=t).contiguous()
+        del x
+        locs = max(1, self.max_chunk_elems // (self.class_attn.num_heads * t * t + 8 * t * d))
+        mixed = torch.empty_like(tok)
+        for i in range(0, tok.shape[0], locs):
+            mixed[i : i + locs] = tok[i : i + locs] + self._attend(tok[i : i + locs])
+        del tok
+        x = rearrange(mixed, "(b h w) t d -> (b t) d h w", b=b, h=h, w=w)
+        del mixed
+        mask_logits = x.new_empty((b * t, h, w))
+        prob_logits = x.new_empty((b * t, g, g))
+        for i in range(0, b * t, classes):
+            c = x[i : i + classes].contiguous()
+            c = c + self.spatial(c)  # S_en, (chunk, D, h, w)
+            feat = rearrange(c, "n d h w -> n h w d")
+            mask_logits[i : i + classes] = self.mask_head(feat)[..., 0]
+            # the linear head commutes with bilinear resampling (its weights sum to one), so
+            # resample the one-channel scores rather than the D-channel features
+            score = self.prob_head(feat)[..., 0]
+            prob_logits[i : i + classes] = F.interpolate(
+                score[:, None], size=(g, g), mode="bilinear", align_corners=False
+            )[:, 0]
+        mask_logits = rearrange(mask_logits, "(b t) h w -> b t h w", b=b, t=t)
+        prob_logits = rearrange(prob_logits, "(b t) h w -> b t h w", b=b, t=t)
         reduced = prob_logits.amax(dim=1) if self.reduction == "max" else prob_logits.mean(dim=1)
         text_masks = F.one_hot(mask_logits.argmax(dim=1), t).permute(0, 3, 1, 2).bool()
         return TSPPOutput(
@@ -350,6 +382,18 @@ class TextGuidedSparsePointPrompter(nn.Module):
             mask_logits=mask_logits,
             text_masks=text_masks,
         )
+
+    def _attend(self, tok: Tensor) -> Tensor:
+        """Pre-norm multi-head self-attention over the classes of each location `(L, T, D)`."""
+        attn = self.class_attn
+        z = self.norm(tok)
+        # nn.MultiheadAttention's own computation (packed in-projection, scaled dot product,
+        # out-projection), called through `scaled_dot_product_attention`, which avoids
+        # materialising the attention weights where the backend allows
+        qkv = F.linear(z, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = rearrange(qkv, "l t (three n e) -> three l n t e", three=3, n=attn.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return attn.out_proj(rearrange(out, "l n t e -> l t (n e)"))
 
 
 def expected_points(prob: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ from samkit.modules.injection import (
 from samkit.modules.tspp import TextGuidedSparsePointPrompter, grid_points, sample_points
 from samkit.systems._config import resolve_config
 from samkit.systems._pretrained import BackboneSource, PretrainedModule
+from samkit.systems._text_cache import TextCacheInfo, TextEmbeddingCache
 from samkit.types import SAMMIOutput, TSPPOutput
 
 __all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
@@ -54,6 +55,7 @@ class SAMMIConfig:
     clip_size: int = 384  # CLIP input side (CAT-Seg: 384 for ViT-B/16, 336 for ViT-L/14)
     clip_taps: tuple[int, ...] = (3, 7)  # CLIP blocks feeding the x2 / x4 decoder stages
     templates: tuple[str, ...] = ("A photo of a {} in the scene",)  # CAT-Seg "single" template
+    text_cache_size: int = 8  # vocabularies whose text embeddings are cached (LRU; 0: off)
     clip_finetune: Literal["none", "attention_qv", "all"] = "attention_qv"  # stage-2 CLIP policy
     sam_variant: str = "vit_h"  # SAM backbone ("vit_b", "vit_l", "vit_h", "tiny")
     sam_checkpoint: str | None = None  # local SAM weights (never downloaded)
@@ -198,6 +200,7 @@ class SAMMI(PretrainedModule):
         self.tspp = tspp
         self.smagg = smagg
         self.injection = injection
+        self._text_cache = TextEmbeddingCache(config.text_cache_size)
         if isinstance(sam, nn.Module):
             sam.requires_grad_(False)
 
@@ -234,6 +237,12 @@ class SAMMI(PretrainedModule):
     def encode_text(self, class_names: str | Sequence[str]) -> Tensor:
         """Class text embeddings `(T, C_e)` with the configured templates.
 
+        The embeddings of the last `config.text_cache_size` vocabularies are cached, keyed by
+        the class names (in order), the templates, CLIP's train/eval mode, inference mode and
+        the state of CLIP's weights: an optimizer step, `load_state_dict` or `.to()` empties
+        the cache. While CLIP can receive gradients (grad mode on and a CLIP parameter
+        requiring grad, as in stage 2) the cache is bypassed, so the text encoder trains.
+
         Args:
             class_names: The `T >= 1` class names; one `str` is one class.
 
@@ -244,7 +253,21 @@ class SAMMI(PretrainedModule):
             ValueError: If no class name is given.
         """
         names = as_class_names(class_names, name="class_names")
-        return self.clip.encode_text(names, templates=self.config.templates).embeddings
+        templates = tuple(self.config.templates)
+        return self._text_cache(
+            self.clip,
+            tuple(names),
+            templates,
+            lambda: self.clip.encode_text(names, templates=templates).embeddings,
+        )
+
+    def text_cache_info(self) -> TextCacheInfo:
+        """Hits, misses, bypasses, size and capacity of the text-embedding cache."""
+        return self._text_cache.info()
+
+    def clear_text_cache(self) -> None:
+        """Drop the cached text embeddings."""
+        self._text_cache.clear()
 
     def prompter(self, images: Tensor, class_names: str | Sequence[str]) -> TSPPOutput:
         """CLIP + cost volume + TSPP only (what stage 1 trains).

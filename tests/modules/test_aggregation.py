@@ -57,6 +57,37 @@ class TestOverlap:
         text = torch.rand(3, grid, grid, generator=g) > 0.5
         torch.testing.assert_close(mask_text_overlap(sam, text), _naive_overlap(sam, text))
 
+    @pytest.mark.parametrize(
+        ("shape", "grid"),
+        [
+            ((32, 64), (4, 8)),  # cells tile the image; 8-byte words
+            ((20, 36), (5, 6)),  # 4-byte words
+            ((18, 22), (4, 5)),  # 2-byte words, rows and columns not tiled
+            ((17, 13), (3, 4)),  # odd width: 1-byte words
+            ((510, 16), (2, 2)),  # 255-row cells: the largest count a byte holds
+            ((512, 16), (2, 2)),  # 256-row cells: one more than a byte holds, float fallback
+            ((600, 8), (2, 3)),  # 300-row untiled cells: float fallback
+        ],
+    )
+    @pytest.mark.parametrize("fill", [0.5, 1.0])
+    def test_packed_counts_match_pixel_level_formula(
+        self, shape: tuple[int, int], grid: tuple[int, int], fill: float, device: torch.device
+    ) -> None:
+        # the byte-packed pooling must be exact for every word size, for tiled and untiled
+        # grids, and at full masks (where a byte reaches its largest count)
+        g = torch.Generator().manual_seed(1)
+        sam = torch.rand(4, *shape, generator=g) < fill
+        sam[:, -1] = False  # cells of unequal counts, so a wrong count changes the ratios
+        text = torch.rand(3, *grid, generator=g) > 0.4
+        got = mask_text_overlap(sam.to(device), text.to(device)).cpu()
+        torch.testing.assert_close(got, _naive_overlap(sam, text), atol=1e-5, rtol=0)
+
+    def test_non_contiguous_masks(self) -> None:
+        g = torch.Generator().manual_seed(2)
+        sam = (torch.rand(16, 3, 24, generator=g) > 0.5).permute(1, 0, 2)  # (3, 16, 24) strided
+        text = torch.rand(2, 4, 6, generator=g) > 0.5
+        torch.testing.assert_close(mask_text_overlap(sam, text), _naive_overlap(sam, text))
+
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="text_masks: expected a grid no finer than"):
             mask_text_overlap(torch.zeros(2, 4, 4), torch.zeros(1, 8, 8))
@@ -140,6 +171,38 @@ class TestShallowMaskAggregator:
             assert isinstance(ref, torch.Tensor)
             assert torch.equal(out[i, : ref.shape[0]], ref)
             assert not out[i, ref.shape[0] :].any()
+
+    @given(st.data())
+    def test_module_matches_naive(self, data: st.DataObject) -> None:
+        # the batched path (in-place unions into one padded tensor) equals eq. 6-7 at pixel level
+        k = data.draw(st.integers(1, 4))
+        cases = [
+            _random_case(data.draw(st.integers(0, 2**16)), data.draw(st.integers(0, 5)), k)
+            for _ in range(data.draw(st.integers(1, 3)))
+        ]
+        n = max(s.shape[0] for s, _ in cases)
+        sam = torch.zeros(len(cases), n, 16, 16, dtype=torch.bool)
+        for i, (s, _) in enumerate(cases):
+            sam[i, : s.shape[0]] = s
+        out = ShallowMaskAggregator()(sam, torch.stack([t for _, t in cases]))
+        for i, (s, t) in enumerate(cases):
+            naive = _naive_aggregation(s, t, 0.5)
+            assert _as_set(out[i, : len(naive)]) == {m.numpy().tobytes() for m in naive}
+            assert not out[i, len(naive) :].any()
+
+    def test_allocates_no_more_than_its_output(self) -> None:
+        # the fast path must not form N_s x K x H x W (here 262 MB) nor a float copy of the
+        # masks (10 MB): no single allocation exceeds the bool output (2.6 MB)
+        from torch.profiler import ProfilerActivity, profile
+
+        g = torch.Generator().manual_seed(0)
+        sam = torch.rand(1, 40, 256, 256, generator=g) > 0.5
+        labels = torch.randint(0, 100, (16, 16), generator=g)
+        text = F.one_hot(labels, 100).permute(2, 0, 1)[None].bool()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = ShallowMaskAggregator()(sam, text)
+        largest = max(e.cpu_memory_usage for e in prof.events())
+        assert out.shape[1] == 40 and largest <= out.numel()
 
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="text_masks"):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.ndimage import distance_transform_edt
@@ -194,6 +195,81 @@ class TestTextGuidedSparsePointPrompter:
 
 torch.manual_seed(0)
 _TSPP = TextGuidedSparsePointPrompter(dim=8, num_heads=2, grid=6).eval()
+
+
+def _reference_forward(
+    m: TextGuidedSparsePointPrompter, cost: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The straightforward forward: every class and location at once, attention through
+    `nn.MultiheadAttention` itself, the probability head after resampling the features."""
+    b, t, h, w = cost.shape
+    x = m.mlp(cost.reshape(b * t, 1, h, w))
+    tok = x.reshape(b, t, -1, h * w).permute(0, 3, 1, 2).reshape(b * h * w, t, -1)
+    z = m.norm(tok)
+    tok = tok + m.class_attn(z, z, z, need_weights=False)[0]
+    x = tok.reshape(b, h * w, t, -1).permute(0, 2, 3, 1).reshape(b * t, -1, h, w)
+    x = x + m.spatial(x)
+    mask_logits = m.mask_head(x.permute(0, 2, 3, 1))[..., 0].reshape(b, t, h, w)
+    xg = F.interpolate(x, size=(m.grid, m.grid), mode="bilinear", align_corners=False)
+    prob_logits = m.prob_head(xg.permute(0, 2, 3, 1))[..., 0].reshape(b, t, m.grid, m.grid)
+    return mask_logits, prob_logits, prob_logits.amax(dim=1).sigmoid()
+
+
+class TestChunkedForward:
+    """The chunked forward (bounded memory at large T) equals the unchunked formula."""
+
+    @pytest.mark.parametrize(
+        "chunk", [1, 2000, 1 << 30]
+    )  # 1 class or location per chunk, 3 or 5, all
+    @pytest.mark.parametrize(("t", "h", "w", "grid"), [(5, 6, 7, 8), (3, 9, 9, 4)])
+    def test_matches_reference_and_gradients(
+        self, chunk: int, t: int, h: int, w: int, grid: int
+    ) -> None:
+        torch.manual_seed(3)
+        tspp = TextGuidedSparsePointPrompter(
+            dim=8, num_heads=2, grid=grid, detach_input=False, max_chunk_elems=chunk
+        )
+        cost = torch.randn(2, t, h, w, dtype=torch.float64, requires_grad=True)
+        tspp.double()
+        out = tspp(cost)
+        ref = _reference_forward(tspp, cost)
+        for got, want in zip((out.mask_logits, out.prob_logits, out.prob), ref, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        weights = torch.randn_like(out.mask_logits), torch.randn_like(out.prob)
+        loss = (out.mask_logits * weights[0]).sum() + (out.prob * weights[1]).sum()
+        ref_loss = (ref[0] * weights[0]).sum() + (ref[2] * weights[1]).sum()
+        params = [cost, *tspp.parameters()]
+        got_grads = torch.autograd.grad(loss, params)
+        want_grads = torch.autograd.grad(ref_loss, params)
+        for p, a, b in zip(
+            ["cost"] + [n for n, _ in tspp.named_parameters()], got_grads, want_grads, strict=True
+        ):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=p)
+
+    def test_bounded_allocations(self) -> None:
+        # attention weights of all 64 locations at once would take 64 x 2 x 300^2 x 4 B = 46 MB;
+        # the chunked forward allocates nothing above a few times S_en (300 x 16 x 64 x 4 B)
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.manual_seed(5)
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=2, grid=8, max_chunk_elems=1 << 16)
+        cost = torch.randn(1, 300, 8, 8)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+            tspp.eval()(cost)
+        largest = max(e.cpu_memory_usage for e in p.events())
+        assert largest <= 300 * 16 * 64 * 4
+
+    def test_eval_float32_matches_reference(self) -> None:
+        # eval + no_grad takes nn.MultiheadAttention's fused fast path in the reference
+        torch.manual_seed(4)
+        tspp = TextGuidedSparsePointPrompter(dim=16, num_heads=4, grid=8, max_chunk_elems=64)
+        tspp.eval()
+        cost = torch.randn(1, 40, 6, 6)
+        with torch.no_grad():
+            out = tspp(cost)
+            ref = _reference_forward(tspp, cost)
+        for got, want in zip((out.mask_logits, out.prob_logits, out.prob), ref, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 class TestInputContract:
