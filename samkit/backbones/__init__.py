@@ -15,14 +15,24 @@ if TYPE_CHECKING:
         SamVariantSpec,
         build_sam_backbone,
     )
+    from samkit.backbones.sam2_backend import (
+        SAM2_VARIANTS,
+        Sam2Backbone,
+        Sam2VariantSpec,
+        build_sam2_backbone,
+    )
 
 __all__ = [
     "ClipBackbone",
+    "SAM2_VARIANTS",
     "SAM_VARIANTS",
+    "Sam2Backbone",
+    "Sam2VariantSpec",
     "SamBackbone",
     "SamLike",
     "SamVariantSpec",
     "build_clip_backbone",
+    "build_sam2_backbone",
     "build_sam_backbone",
     "similarity_map",
 ]
@@ -42,6 +52,12 @@ if not TYPE_CHECKING:
                 "SamLike",
                 "SamVariantSpec",
                 "build_sam_backbone",
+            ],
+            "sam2_backend": [
+                "SAM2_VARIANTS",
+                "Sam2Backbone",
+                "Sam2VariantSpec",
+                "build_sam2_backbone",
             ],
         },
     )
