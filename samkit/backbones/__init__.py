@@ -8,6 +8,7 @@ from samkit._lazy import attach
 
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
+    from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone
     from samkit.backbones.sam import (
         SAM_VARIANTS,
         SamBackbone,
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClipBackbone",
+    "HQSamBackbone",
+    "HQ_SAM_VARIANTS",
     "SAM2_VARIANTS",
     "SAM_VARIANTS",
     "Sam2Backbone",
@@ -32,6 +35,7 @@ __all__ = [
     "SamLike",
     "SamVariantSpec",
     "build_clip_backbone",
+    "build_hq_sam_backbone",
     "build_sam2_backbone",
     "build_sam_backbone",
     "similarity_map",
@@ -45,6 +49,11 @@ if not TYPE_CHECKING:
                 "ClipBackbone",
                 "build_clip_backbone",
                 "similarity_map",
+            ],
+            "hq_sam": [
+                "HQ_SAM_VARIANTS",
+                "HQSamBackbone",
+                "build_hq_sam_backbone",
             ],
             "sam": [
                 "SAM_VARIANTS",
