@@ -12,6 +12,7 @@ import torch
 _OPTIONAL_DOCTESTS = {
     "samkit/backbones/sam2_backend.py": "sam2",
     "samkit/backbones/hq_sam.py": "segment_anything_hq",
+    "samkit/backbones/mobile_sam.py": "segment_anything_hq",
 }
 
 collect_ignore = [

@@ -9,6 +9,12 @@ from samkit._lazy import attach
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
     from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone
+    from samkit.backbones.mobile_sam import (
+        MOBILE_SAM_VARIANTS,
+        MobileSamBackbone,
+        MobileSamVariantSpec,
+        build_mobile_sam_backbone,
+    )
     from samkit.backbones.sam import (
         SAM_VARIANTS,
         SamBackbone,
@@ -27,6 +33,9 @@ __all__ = [
     "ClipBackbone",
     "HQSamBackbone",
     "HQ_SAM_VARIANTS",
+    "MOBILE_SAM_VARIANTS",
+    "MobileSamBackbone",
+    "MobileSamVariantSpec",
     "SAM2_VARIANTS",
     "SAM_VARIANTS",
     "Sam2Backbone",
@@ -36,6 +45,7 @@ __all__ = [
     "SamVariantSpec",
     "build_clip_backbone",
     "build_hq_sam_backbone",
+    "build_mobile_sam_backbone",
     "build_sam2_backbone",
     "build_sam_backbone",
     "similarity_map",
@@ -54,6 +64,12 @@ if not TYPE_CHECKING:
                 "HQ_SAM_VARIANTS",
                 "HQSamBackbone",
                 "build_hq_sam_backbone",
+            ],
+            "mobile_sam": [
+                "MOBILE_SAM_VARIANTS",
+                "MobileSamBackbone",
+                "MobileSamVariantSpec",
+                "build_mobile_sam_backbone",
             ],
             "sam": [
                 "SAM_VARIANTS",

@@ -58,7 +58,9 @@ HQ_SAM_VARIANTS: dict[str, SamVariantSpec] = {
 """HQ-SAM presets: the official `sam_hq_vit_{b,l,h}.pth` architectures, plus `hq-tiny-random`."""
 
 
-def import_hq_module(name: str) -> Any:
+def import_hq_module(
+    name: str, *, what: str = "HQ-SAM backbones", install: str = INSTALL_HINT
+) -> Any:
     """Import `segment_anything_hq.<name>` (naming the `hq` extra when it is missing).
 
     Importing the package registers its TinyViT models in timm's registry; the warnings that
@@ -70,8 +72,8 @@ def import_hq_module(name: str) -> Any:
         return import_optional(
             f"segment_anything_hq.{name}",
             extra=EXTRA,
-            what="HQ-SAM backbones",
-            install=INSTALL_HINT,
+            what=what,
+            install=install,
         )
 
 

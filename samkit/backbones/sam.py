@@ -729,7 +729,9 @@ def build_sam_backbone(
 
     Other SAM families are built by name with their own builders, each behind a samkit extra
     (see `docs/backbones/sam-backends.md`): SAM 2 (`sam2.1_hiera_tiny`, ..., `sam2-tiny-random`;
-    `build_sam2_backbone`).
+    `build_sam2_backbone`, extra `sam2`), HQ-SAM (`hq_vit_b`, ..., `hq-tiny-random`;
+    `build_hq_sam_backbone`, extra `hq`) and MobileSAM (`mobile_sam`, `mobile_sam-tiny-random`;
+    `build_mobile_sam_backbone`, extra `hq`).
 
     Args:
         variant: A preset name (`"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny-synth"`, `"tiny"`,

@@ -84,11 +84,11 @@ def run_sam_cp(variant: str) -> None:
     assert len(results) == 1 and results[0].panoptic.shape == (48, 64)
 
 
-def run_sam_mi(variant: str) -> None:
+def run_sam_mi(variant: str, **overrides: object) -> None:
     """SAM-MI's tiny preset builds on `variant` and segments a batch."""
     from samkit.systems.sam_mi import build_sam_mi
 
-    model = build_sam_mi("tiny", sam_variant=variant).eval()
+    model = build_sam_mi("tiny", sam_variant=variant, **overrides).eval()
     out = model(torch.rand(2, 3, 64, 64), ["cat", "dog", "sky"])
     assert out.logits.shape[:2] == (2, 3)
     assert torch.isfinite(out.logits).all()
