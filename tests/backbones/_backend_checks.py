@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,19 +61,27 @@ def decoder_gradients(sam: nn.Module, *, skip: tuple[str, ...] = ()) -> dict[str
     return out
 
 
-def run_ssp_sam(variant: str) -> None:
-    """SSP-SAM's tiny preset builds and decodes with `variant` as its SAM."""
-    from samkit.systems.ssp_sam import build_ssp_sam
+def run_ssp_sam(variant: str, folder: Path) -> None:
+    """SSP-SAM's tiny preset builds and decodes with `variant` as its SAM, and its
+    `save_pretrained` / `from_pretrained` round trip rebuilds the same backend."""
+    from samkit.systems.ssp_sam import SSPSAM, build_ssp_sam
 
     model = build_ssp_sam("tiny", sam_variant=variant).eval()
     sam = model.sam
-    out = model(torch.rand(2, 3, 64, 80), ["the red circle", "all squares"], upsample=True)
+    images = torch.rand(2, 3, 64, 80)
+    texts = ["the red circle", "all squares"]
+    out = model(images, texts, upsample=True)
     grid = 4 * sam.embedding_size[0]
     assert out.low_res_logits.shape == (2, 1, grid, grid)
     assert out.logits is not None and out.logits.shape == (2, 1, 64, 80)
     assert torch.isfinite(out.low_res_logits).all()
     assert any(p.requires_grad for p in sam.mask_decoder.parameters())
     assert not any(p.requires_grad for p in sam.image_encoder.parameters())
+    model.save_pretrained(folder)
+    loaded = SSPSAM.from_pretrained(folder).eval()
+    assert type(loaded.sam) is type(sam)
+    again = loaded(images, texts, upsample=True)
+    assert torch.equal(again.low_res_logits, out.low_res_logits)
 
 
 def run_sam_cp(variant: str) -> None:

@@ -267,8 +267,8 @@ class TestBehaviour:
 
 
 class TestSystems:
-    def test_ssp_sam(self) -> None:
-        checks.run_ssp_sam(TINY)
+    def test_ssp_sam(self, tmp_path: Path) -> None:
+        checks.run_ssp_sam(TINY, tmp_path)
 
     def test_sam_cp(self) -> None:
         checks.run_sam_cp(TINY)
