@@ -56,7 +56,7 @@ from samkit._checks import as_float, as_image, check_positive, check_shape
 from samkit.backbones._optional import import_optional
 from samkit.backbones._sam_build import load_strict, read_state_dict
 from samkit.backbones._sam_ops import embed_boxes, embed_points
-from samkit.backbones.sam import _check_point_labels
+from samkit.backbones.sam import _check_point_labels, _compute_dtype
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
 __all__ = ["SAM2_VARIANTS", "Sam2Backbone", "Sam2VariantSpec", "build_sam2_backbone"]
@@ -226,13 +226,6 @@ def convert_sam2_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 break
         out[key] = value
     return out
-
-
-def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
-    """The dtype to feed a module with `weight`: its own, or `x`'s under autocast."""
-    if torch.is_autocast_enabled(x.device.type):
-        return x.dtype
-    return weight.dtype
 
 
 class Sam2Backbone(nn.Module):
