@@ -9,6 +9,13 @@ from samkit._lazy import attach
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
     from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
+    from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone
+    from samkit.backbones.mobile_sam import (
+        MOBILE_SAM_VARIANTS,
+        MobileSamBackbone,
+        MobileSamVariantSpec,
+        build_mobile_sam_backbone,
+    )
     from samkit.backbones.sam import (
         SAM_VARIANTS,
         SamBackbone,
@@ -16,16 +23,33 @@ if TYPE_CHECKING:
         SamVariantSpec,
         build_sam_backbone,
     )
+    from samkit.backbones.sam2_backend import (
+        SAM2_VARIANTS,
+        Sam2Backbone,
+        Sam2VariantSpec,
+        build_sam2_backbone,
+    )
 
 __all__ = [
     "ClipBackbone",
     "ClipConvNeXt",
+    "HQSamBackbone",
+    "HQ_SAM_VARIANTS",
+    "MOBILE_SAM_VARIANTS",
+    "MobileSamBackbone",
+    "MobileSamVariantSpec",
+    "SAM2_VARIANTS",
     "SAM_VARIANTS",
+    "Sam2Backbone",
+    "Sam2VariantSpec",
     "SamBackbone",
     "SamLike",
     "SamVariantSpec",
     "build_clip_backbone",
     "build_clip_convnext",
+    "build_hq_sam_backbone",
+    "build_mobile_sam_backbone",
+    "build_sam2_backbone",
     "build_sam_backbone",
     "similarity_map",
 ]
@@ -40,12 +64,29 @@ if not TYPE_CHECKING:
                 "similarity_map",
             ],
             "clip_convnext": ["ClipConvNeXt", "build_clip_convnext"],
+            "hq_sam": [
+                "HQ_SAM_VARIANTS",
+                "HQSamBackbone",
+                "build_hq_sam_backbone",
+            ],
+            "mobile_sam": [
+                "MOBILE_SAM_VARIANTS",
+                "MobileSamBackbone",
+                "MobileSamVariantSpec",
+                "build_mobile_sam_backbone",
+            ],
             "sam": [
                 "SAM_VARIANTS",
                 "SamBackbone",
                 "SamLike",
                 "SamVariantSpec",
                 "build_sam_backbone",
+            ],
+            "sam2_backend": [
+                "SAM2_VARIANTS",
+                "Sam2Backbone",
+                "Sam2VariantSpec",
+                "build_sam2_backbone",
             ],
         },
     )

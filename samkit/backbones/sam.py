@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,9 @@ from samkit.backbones._sam_ops import (
 )
 from samkit.backbones._shipped import SHIPPED_PRESETS, shipped_state_dict
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
+
+if TYPE_CHECKING:
+    from samkit.backbones.sam2_backend import Sam2Backbone
 
 __all__ = ["SAM_VARIANTS", "SamBackbone", "SamLike", "SamVariantSpec", "build_sam_backbone"]
 
@@ -711,7 +714,7 @@ def build_sam_backbone(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
     pretrained: bool = True,
-) -> SamBackbone:
+) -> SamBackbone | Sam2Backbone:
     """Build a SAM backbone from segment_anything's classes, optionally loading local weights.
 
     Variants: `vit_b`, `vit_l`, `vit_h` (official hyper-parameters: 1024 px input, 16 px patches,
@@ -724,11 +727,17 @@ def build_sam_backbone(
     The model is returned in eval mode with every parameter trainable; use `SamBackbone.freeze`
     to freeze parts.
 
+    Other SAM families are built by name with their own builders, each behind a samkit extra
+    (see `docs/backbones/sam-backends.md`): SAM 2 (`sam2.1_hiera_tiny`, ..., `sam2-tiny-random`;
+    `build_sam2_backbone`, extra `sam2`), HQ-SAM (`hq_vit_b`, ..., `hq-tiny-random`;
+    `build_hq_sam_backbone`, extra `hq`) and MobileSAM (`mobile_sam`, `mobile_sam-tiny-random`;
+    `build_mobile_sam_backbone`, extra `hq`).
+
     Args:
         variant: A preset name (`"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny-synth"`, `"tiny"`,
-            `"small"`) or a `SamVariantSpec` for a custom size.
-        checkpoint: Path of a SAM checkpoint (`.pth` or `.safetensors`), loaded strictly with
-            `weights_only=True`. Never downloaded.
+            `"small"`), a `SamVariantSpec` for a custom size, or a variant of another family.
+        checkpoint: Path of a checkpoint of that variant (`.pth` or `.safetensors`), loaded
+            strictly with `weights_only=True`. Never downloaded.
         pretrained: Load the shipped weights of a preset that has them (`tiny-synth`), checked
             against their recorded SHA-256; ignored when `checkpoint` is given.
 
@@ -737,6 +746,8 @@ def build_sam_backbone(
 
     Raises:
         ValueError: For an unknown variant, or shipped weights whose checksum does not match.
+        ImportError: For another family's variant whose upstream package is missing (the
+            message names the samkit extra to install).
         FileNotFoundError: If `checkpoint` does not exist.
         RuntimeError: If the checkpoint's keys or shapes do not match the variant.
 
@@ -754,7 +765,13 @@ def build_sam_backbone(
     elif variant in SAM_VARIANTS:
         spec = SAM_VARIANTS[variant]
     else:
-        raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(SAM_VARIANTS)}")
+        from samkit.backbones._families import build_family_backbone, family_variants
+
+        other = build_family_backbone(variant, checkpoint)
+        if other is None:
+            known = {"SAM": sorted(SAM_VARIANTS), **family_variants()}
+            raise ValueError(f"unknown SAM variant {variant!r}; expected one of {known}")
+        return other  # type: ignore[return-value]
     image_encoder, prompt_encoder, mask_decoder = build_sam_parts(spec)
     sam = SamBackbone(
         image_encoder=image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder

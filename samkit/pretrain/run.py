@@ -213,10 +213,12 @@ def _pretrain(
 def _build(recipe: PretrainRecipe) -> tuple[Any, Any, Any]:
     """The task, training data and validation data of a recipe."""
     if recipe.kind == "sam":
-        from samkit.backbones.sam import build_sam_backbone
+        from samkit.backbones.sam import SamBackbone, build_sam_backbone
         from samkit.pretrain.sam import FamilySceneDataset, SamPretrainTask
 
         sam = build_sam_backbone(recipe.arch, pretrained=False)
+        if not isinstance(sam, SamBackbone):
+            raise ValueError(f"arch: pretraining builds SAM (ViT) backbones, not {recipe.arch!r}")
         scenes = FamilySceneDataset(length=recipe.steps * recipe.batch_size + 1)
         return (
             SamPretrainTask(sam, **recipe.options),

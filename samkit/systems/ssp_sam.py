@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from samkit._checks import as_class_names, as_image
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
+from samkit.backbones.sam2_backend import Sam2Backbone
 from samkit.metrics.referring import has_target_from_mask
 from samkit.modules.language import LinguisticAttentionAdapter
 from samkit.modules.prompting import SemanticSpatialPromptEncoder, TanhFusion
@@ -148,7 +149,7 @@ class SSPSAM(PretrainedModule):
         *,
         config: SSPSAMConfig,
         clip: ClipBackbone,
-        sam: SamBackbone,
+        sam: SamBackbone | Sam2Backbone,
         language: LinguisticAttentionAdapter,
         visual: VisualAttentionAdapter,
         fusion: TanhFusion,
