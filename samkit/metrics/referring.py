@@ -74,7 +74,13 @@ def _binary(x: Tensor, threshold: float, *, name: str) -> Tensor:
     return check_binary(x, name=name)
 
 
-def to_sam_padded_frame(masks: Tensor, *, long_side: int = 1024, frame_size: int = 512) -> Tensor:
+def to_sam_padded_frame(
+    masks: Tensor,
+    *,
+    long_side: int = 1024,
+    frame_size: int = 512,
+    input_size: tuple[int, int] | None = None,
+) -> Tensor:
     """Move masks from the original frame to SAM's padded square frame, downsampled.
 
     Resize (nearest) so the long side is `long_side`, pad bottom/right to a `long_side` square,
@@ -84,6 +90,9 @@ def to_sam_padded_frame(masks: Tensor, *, long_side: int = 1024, frame_size: int
         masks: Binary masks `(B, H, W)` (bool or 0/1).
         long_side: SAM input size (1024 for the official SAM).
         frame_size: Output side (512 in the reference).
+        input_size: `(h_in, w_in)` the image occupies inside the `long_side` square, for a
+            backend whose input is not SAM's letterbox (SAM 2 squashes the image to the whole
+            square: `(long_side, long_side)`); None: SAM's letterbox.
 
     Returns:
         Bool masks `(B, frame_size, frame_size)`.
@@ -97,8 +106,16 @@ def to_sam_padded_frame(masks: Tensor, *, long_side: int = 1024, frame_size: int
     check_positive(long_side, name="long_side")
     check_positive(frame_size, name="frame_size")
     h, w = sizes["H"], sizes["W"]
-    scale = long_side / max(h, w)
-    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    if input_size is None:
+        scale = long_side / max(h, w)
+        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    else:
+        new_h, new_w = input_size
+        if not (0 < new_h <= long_side and 0 < new_w <= long_side):
+            raise ValueError(
+                f"input_size: expected (h_in, w_in) inside the {long_side} square, got "
+                f"{tuple(input_size)}"
+            )
     x = F.interpolate(masks[:, None].float(), size=(new_h, new_w), mode="nearest")
     x = F.pad(x, (0, long_side - new_w, 0, long_side - new_h))
     x = F.interpolate(x, size=(frame_size, frame_size), mode="nearest")
@@ -274,8 +291,9 @@ class ReferringMetrics:
         preds = _binary(preds, self.threshold, name="preds")
         targets = check_binary(targets, name="targets")
         if self.frame == "sam_padded":
-            kw = {"long_side": self.long_side, "frame_size": self.frame_size}
-            preds, targets = to_sam_padded_frame(preds, **kw), to_sam_padded_frame(targets, **kw)
+            side, frame = self.long_side, self.frame_size
+            preds = to_sam_padded_frame(preds, long_side=side, frame_size=frame)
+            targets = to_sam_padded_frame(targets, long_side=side, frame_size=frame)
         inter, union, iou, pred_nt = referring_iou(
             preds, targets, has_target=has_target, empty_tolerance=self.empty_tolerance
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,10 @@ from torch import Tensor, nn
 from samkit._checks import as_class_names
 from samkit.metrics.mean import MeanMetric
 
-__all__ = ["MeanMetric", "check_vocabulary", "model_device", "to_device"]
+if TYPE_CHECKING:
+    from samkit.backbones.sam import SamLike
+
+__all__ = ["MeanMetric", "check_vocabulary", "model_device", "sam_input_size", "to_device"]
 
 _B = TypeVar("_B")
 
@@ -67,3 +70,16 @@ def to_device(batch: _B, device: torch.device) -> _B:
     if isinstance(images, Tensor) and images.device == device:
         return batch
     return batch.to(device)  # type: ignore[attr-defined,no-any-return]
+
+
+def sam_input_size(sam: SamLike, image_size: tuple[int, int]) -> tuple[int, int]:
+    """`(h_in, w_in)`: where an `image_size` image lands in a SAM backend's `(S, S)` input.
+
+    Read from the backend's own coordinate transform (the image's far corner), so it holds for
+    every `SamLike`: SAM's letterbox (long side to `S`, the rest padded) and SAM 2's squash to
+    `(S, S)` alike. It equals the `ImageEmbedding.input_size` the backend's `encode` reports.
+    """
+    h, w = image_size
+    corner = torch.tensor([[float(w), float(h)]])
+    x, y = sam.transform_coords(corner, (h, w))[0].tolist()
+    return round(y), round(x)

@@ -25,7 +25,13 @@ from samkit.engine.task import Metric
 from samkit.losses.sam_mi import SAMMILoss
 from samkit.metrics.semantic import SemanticIoU
 from samkit.modules.tspp import masks_from_labels
-from samkit.systems._tasks_common import MeanMetric, check_vocabulary, model_device, to_device
+from samkit.systems._tasks_common import (
+    MeanMetric,
+    check_vocabulary,
+    model_device,
+    sam_input_size,
+    to_device,
+)
 from samkit.systems.sam_mi import SAMMI
 
 __all__ = ["SAMMIPrediction", "SAMMITask", "sampled_cells", "segment_hits"]
@@ -45,21 +51,37 @@ class SAMMIPrediction:
 
 
 def sampled_cells(
-    points: Tensor, image_size: tuple[int, int], *, sam_size: int, grid: int
+    points: Tensor,
+    image_size: tuple[int, int],
+    *,
+    grid: int,
+    sam_size: int | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Tensor:
     """The `(g, g)` grid cells that hold a point (points are cell centres in SAM's frame).
 
     Args:
         points: `(N, 2)` `(x, y)` points in SAM's input frame.
         image_size: `(H, W)` of the image.
-        sam_size: SAM's input side (the long side of the resized image).
         grid: The prompter's grid side `g`.
+        sam_size: SAM's input side, for SAM's letterbox (the image's long side resized to it).
+        input_size: `(h_in, w_in)` the image occupies in the backend's input (its
+            `ImageEmbedding.input_size`; SAM 2: the whole square); takes precedence over
+            `sam_size`.
 
     Returns:
         `(g, g)` bool.
+
+    Raises:
+        ValueError: If neither `sam_size` nor `input_size` is given.
     """
-    scale = sam_size / max(image_size)
-    h_in, w_in = round(image_size[0] * scale), round(image_size[1] * scale)
+    if input_size is not None:
+        h_in, w_in = input_size
+    elif sam_size is not None:
+        scale = sam_size / max(image_size)
+        h_in, w_in = round(image_size[0] * scale), round(image_size[1] * scale)
+    else:
+        raise ValueError("sampled_cells: expected sam_size or input_size, got neither")
     j = (points[:, 0] / w_in * grid).floor().long().clamp(0, grid - 1)
     i = (points[:, 1] / h_in * grid).floor().long().clamp(0, grid - 1)
     cells = torch.zeros(grid * grid, dtype=torch.bool, device=points.device)
@@ -268,9 +290,9 @@ class SAMMITask:
         cfg = self.model.config
         if cfg.prompting == "tspp":
             size = (int(labels.shape[-2]), int(labels.shape[-1]))
+            input_size = sam_input_size(self.model.sam, size)  # the backend's frame
             for p, lab in zip(predictions, labels, strict=True):
-                sam_size = self.model.sam.img_size
-                cells = sampled_cells(p.points, size, sam_size=sam_size, grid=cfg.grid)
+                cells = sampled_cells(p.points, size, input_size=input_size, grid=cfg.grid)
                 hits = segment_hits(cells, lab, len(self.class_names), cfg.g_p)
                 metrics["segments"].update(hits)
 

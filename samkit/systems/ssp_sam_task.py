@@ -29,7 +29,7 @@ from samkit.engine.task import Metric
 from samkit.losses.referring import ReferringLoss
 from samkit.metrics.referring import ReferringMetrics, to_sam_padded_frame
 from samkit.modules.visual_adapter import canvas_boxes
-from samkit.systems._tasks_common import model_device, to_device
+from samkit.systems._tasks_common import model_device, sam_input_size, to_device
 from samkit.systems.ssp_sam import SSPSAM
 from samkit.types import ClipDenseOutput, ImageEmbedding, ReferringOutput, TextEmbedding
 
@@ -239,11 +239,16 @@ class SSPSAMTask:
         sam, cfg = self.model.sam, self.model.config
         masks = batch.target_masks
         frame = 4 * sam.embedding_size[0]
-        low = to_sam_padded_frame(masks, long_side=sam.img_size, frame_size=frame)
+        size = (int(masks.shape[-2]), int(masks.shape[-1]))
+        low = to_sam_padded_frame(
+            masks,
+            long_side=sam.img_size,
+            frame_size=frame,
+            input_size=sam_input_size(sam, size),  # the backend's frame (SAM 2 squashes)
+        )
         xyxy = batch.target_boxes.float()
         corner = torch.tensor([0.0, 0.0, 1.0, 1.0], device=xyxy.device)
         xyxy = xyxy + corner * (xyxy.abs().sum(-1, keepdim=True) > 0)
-        size = (int(masks.shape[-2]), int(masks.shape[-1]))
         boxes = canvas_boxes(xyxy, size, size=cfg.clip_image_size)
         return low[:, None].float(), boxes, masks.flatten(1).any(1)
 
