@@ -13,6 +13,7 @@ _OPTIONAL_DOCTESTS = {
     "samkit/backbones/sam2_backend.py": "sam2",
     "samkit/backbones/hq_sam.py": "segment_anything_hq",
     "samkit/backbones/mobile_sam.py": "segment_anything_hq",
+    "samkit/backbones/efficientvit_sam.py": "efficientsam",
 }
 
 collect_ignore = [

@@ -9,6 +9,12 @@ from samkit._lazy import attach
 if TYPE_CHECKING:
     from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
     from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
+    from samkit.backbones.efficientvit_sam import (
+        EFFICIENTVIT_SAM_VARIANTS,
+        EfficientVitSamBackbone,
+        EfficientVitSamVariantSpec,
+        build_efficientvit_sam_backbone,
+    )
     from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone
     from samkit.backbones.mobile_sam import (
         MOBILE_SAM_VARIANTS,
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ClipBackbone",
     "ClipConvNeXt",
+    "EFFICIENTVIT_SAM_VARIANTS",
+    "EfficientVitSamBackbone",
+    "EfficientVitSamVariantSpec",
     "HQSamBackbone",
     "HQ_SAM_VARIANTS",
     "MOBILE_SAM_VARIANTS",
@@ -47,6 +56,7 @@ __all__ = [
     "SamVariantSpec",
     "build_clip_backbone",
     "build_clip_convnext",
+    "build_efficientvit_sam_backbone",
     "build_hq_sam_backbone",
     "build_mobile_sam_backbone",
     "build_sam2_backbone",
@@ -64,6 +74,12 @@ if not TYPE_CHECKING:
                 "similarity_map",
             ],
             "clip_convnext": ["ClipConvNeXt", "build_clip_convnext"],
+            "efficientvit_sam": [
+                "EFFICIENTVIT_SAM_VARIANTS",
+                "EfficientVitSamBackbone",
+                "EfficientVitSamVariantSpec",
+                "build_efficientvit_sam_backbone",
+            ],
             "hq_sam": [
                 "HQ_SAM_VARIANTS",
                 "HQSamBackbone",

@@ -17,6 +17,10 @@ __all__: list[str] = []
 
 def _families() -> dict[str, tuple[dict[str, Any], Callable[..., nn.Module]]]:
     """Family name -> (its variants by name, its builder)."""
+    from samkit.backbones.efficientvit_sam import (
+        EFFICIENTVIT_SAM_VARIANTS,
+        build_efficientvit_sam_backbone,
+    )
     from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, build_hq_sam_backbone
     from samkit.backbones.mobile_sam import MOBILE_SAM_VARIANTS, build_mobile_sam_backbone
     from samkit.backbones.sam2_backend import SAM2_VARIANTS, build_sam2_backbone
@@ -25,6 +29,7 @@ def _families() -> dict[str, tuple[dict[str, Any], Callable[..., nn.Module]]]:
         "SAM 2": (SAM2_VARIANTS, build_sam2_backbone),
         "HQ-SAM": (HQ_SAM_VARIANTS, build_hq_sam_backbone),
         "MobileSAM": (MOBILE_SAM_VARIANTS, build_mobile_sam_backbone),
+        "EfficientViT-SAM": (EFFICIENTVIT_SAM_VARIANTS, build_efficientvit_sam_backbone),
     }
 
 

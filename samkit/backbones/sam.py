@@ -92,6 +92,38 @@ def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _letterbox(
+    images: Tensor, side: int, pixel_mean: Tensor, pixel_std: Tensor
+) -> tuple[Tensor, tuple[int, int]]:
+    """SAM's input transform: long side to `side`, normalise, pad bottom/right to `side`.
+
+    The body of `SamBackbone.preprocess`, for a given `side` (EfficientViT-SAM's encoder takes
+    512 px while its prompt frame stays 1024 px). Float64 statistics give a float64 result.
+
+    Args:
+        images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8.
+        side: Side of the square output.
+        pixel_mean: Per-channel mean on the 0-255 scale, `(3, 1, 1)`.
+        pixel_std: Per-channel std on the 0-255 scale, `(3, 1, 1)`.
+
+    Returns:
+        The padded input `(B, 3, side, side)` and the resized size `(h_in, w_in)` inside it.
+    """
+    sizes = check_shape(images, "B 3 H W", name="images")
+    h, w = ResizeLongestSide.get_preprocess_shape(sizes["H"], sizes["W"], side)
+    input_size = (int(h), int(w))
+    # resize and normalise in (at least) float32: antialiased resizing has no half kernels
+    work = torch.float64 if pixel_mean.dtype == torch.float64 else torch.float32
+    x = as_image(images, name="images", dtype=work)
+    if input_size != (sizes["H"], sizes["W"]):
+        x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
+    mean = pixel_mean.to(x.dtype)
+    std = pixel_std.to(x.dtype)
+    x = (x * 255.0 - mean) / std
+    x = F.pad(x, (0, side - input_size[1], 0, side - input_size[0]))
+    return x, input_size
+
+
 @runtime_checkable
 class SamLike(Protocol):
     """What a SAM-style backend must provide to be plugged into samkit's systems.
@@ -231,6 +263,7 @@ class SamBackbone(nn.Module):
         mask_decoder: MaskDecoder,
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
+        img_size: int | None = None,
     ) -> None:
         """Wrap already built SAM components.
 
@@ -241,6 +274,8 @@ class SamBackbone(nn.Module):
             mask_decoder: A segment_anything `MaskDecoder`.
             pixel_mean: Per-channel mean on the 0-255 scale.
             pixel_std: Per-channel std on the 0-255 scale.
+            img_size: Side `S` of the prompt frame; by default the encoder's `img_size`
+                (an encoder that takes another input size overrides `preprocess`).
         """
         super().__init__()
         self.image_encoder: ImageEncoderViT = image_encoder
@@ -248,7 +283,8 @@ class SamBackbone(nn.Module):
         self.mask_decoder: MaskDecoder = mask_decoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.img_size: int = int(image_encoder.img_size)  # type: ignore[arg-type]
+        side = image_encoder.img_size if img_size is None else img_size
+        self.img_size: int = int(side)  # type: ignore[arg-type]
         self.prompt_dim: int = int(prompt_encoder.embed_dim)  # type: ignore[arg-type]
         grid = prompt_encoder.image_embedding_size
         self.embedding_size: tuple[int, int] = (int(grid[0]), int(grid[1]))  # type: ignore[index]
@@ -348,18 +384,7 @@ class SamBackbone(nn.Module):
                 outside `[0, 1]`.
             TypeError: If `images` is neither uint8 nor floating.
         """
-        sizes = check_shape(images, "B 3 H W", name="images")
-        input_size = self._resized_size((sizes["H"], sizes["W"]))
-        # resize and normalise in (at least) float32: antialiased resizing has no half kernels
-        work = torch.float64 if self.pixel_mean.dtype == torch.float64 else torch.float32
-        x = as_image(images, name="images", dtype=work)
-        if input_size != (sizes["H"], sizes["W"]):
-            x = F.interpolate(x, input_size, mode="bilinear", align_corners=False, antialias=True)
-        mean = self.pixel_mean.to(x.dtype)
-        std = self.pixel_std.to(x.dtype)
-        x = (x * 255.0 - mean) / std
-        x = F.pad(x, (0, self.img_size - input_size[1], 0, self.img_size - input_size[0]))
-        return x, input_size
+        return _letterbox(images, self.img_size, self.pixel_mean, self.pixel_std)
 
     def transform_coords(self, coords: Tensor, original_size: tuple[int, int]) -> Tensor:
         """Map `(x, y)` pixel coordinates from the original frame to the SAM input frame.
@@ -730,8 +755,10 @@ def build_sam_backbone(
     Other SAM families are built by name with their own builders, each behind a samkit extra
     (see `docs/backbones/sam-backends.md`): SAM 2 (`sam2.1_hiera_tiny`, ..., `sam2-tiny-random`;
     `build_sam2_backbone`, extra `sam2`), HQ-SAM (`hq_vit_b`, ..., `hq-tiny-random`;
-    `build_hq_sam_backbone`, extra `hq`) and MobileSAM (`mobile_sam`, `mobile_sam-tiny-random`;
-    `build_mobile_sam_backbone`, extra `hq`).
+    `build_hq_sam_backbone`, extra `hq`), MobileSAM (`mobile_sam`, `mobile_sam-tiny-random`;
+    `build_mobile_sam_backbone`, extra `hq`) and EfficientViT-SAM (`efficientvit_sam_l0`, ...,
+    `efficientvit_sam_xl1`, `efficientvit_sam-tiny-random`; `build_efficientvit_sam_backbone`,
+    extra `efficientvit`).
 
     Args:
         variant: A preset name (`"vit_b"`, `"vit_l"`, `"vit_h"`, `"tiny-synth"`, `"tiny"`,

@@ -7,6 +7,7 @@ or they are silently misplaced on non-square images.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -25,13 +26,19 @@ SIZES = [(48, 80), (80, 48), (64, 64)]
 
 
 def _backends() -> list[Any]:
+    """SAM, SAM 2 (squashes) and EfficientViT-SAM (encodes at 128 px, prompts at 1024 px)."""
     out: list[Any] = ["tiny"]
-    try:
-        import sam2  # noqa: F401
-    except ImportError:
-        out.append(pytest.param("sam2-tiny-random", marks=pytest.mark.skip("needs samkit[sam2]")))
-    else:
-        out.append("sam2-tiny-random")
+    optional = {
+        "sam2-tiny-random": ("sam2", "sam2"),
+        "efficientvit_sam-tiny-random": ("efficientsam", "efficientvit"),
+    }
+    for variant, (package, extra) in optional.items():
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            out.append(pytest.param(variant, marks=pytest.mark.skip(f"needs samkit[{extra}]")))
+        else:
+            out.append(variant)
     return out
 
 
