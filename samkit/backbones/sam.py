@@ -231,7 +231,135 @@ class SamLike(Protocol):
         ...
 
 
-class SamBackbone(nn.Module):
+class _SamPipeline(nn.Module):
+    """The pipeline samkit's SAM-style backbones share, built on their own methods.
+
+    `predict`, `predict_points` and `forward` call the backbone's `encode`, `embed_prompts` and
+    `decode`; `SamBackbone` (and its subclasses) and `Sam2Backbone` derive from it.
+    """
+
+    mask_threshold: float = 0.0
+
+    if TYPE_CHECKING:  # provided by each backbone
+
+        def encode(self, images: Tensor) -> ImageEmbedding: ...
+
+        def embed_prompts(
+            self, prompts: Prompts, *, batch_shape: tuple[int, int] | None = None
+        ) -> tuple[Tensor, Tensor]: ...
+
+        def decode(
+            self,
+            embedding: ImageEmbedding,
+            sparse: Tensor,
+            dense: Tensor,
+            *,
+            multimask: bool = False,
+            upsample: bool = True,
+        ) -> MaskPrediction: ...
+
+    def predict(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts,
+        *,
+        multimask: bool = False,
+        upsample: bool = True,
+    ) -> MaskPrediction:
+        """Embed `prompts` and decode them on `embedding` (`embed_prompts` + `decode`).
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)`.
+            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame. Empty prompts
+                (`Prompts()`) decode one prompt-free slot per image (`K = 1`).
+            multimask: Return 3 masks per prompt instead of 1.
+            upsample: Also return `logits` at the original image size.
+
+        Returns:
+            `MaskPrediction` shaped `(B, K, M, ...)`.
+
+        Raises:
+            ValueError: If the prompts' `B` differs from the embedding's.
+        """
+        shape = prompts.batch_shape
+        if shape is not None and shape[0] != embedding.batch_size:
+            raise ValueError(
+                f"predict: prompts have B={shape[0]} but the embedding has B={embedding.batch_size}"
+            )
+        sparse, dense = self.embed_prompts(prompts, batch_shape=(embedding.batch_size, 1))
+        return self.decode(embedding, sparse, dense, multimask=multimask, upsample=upsample)
+
+    def predict_points(
+        self,
+        embedding: ImageEmbedding,
+        points: Tensor,
+        labels: Tensor | None = None,
+        *,
+        batch_size: int = 64,
+        multimask: bool = True,
+        upsample: bool = False,
+    ) -> MaskPrediction:
+        """Run each of `N` points per image as its own single-point prompt, in batches.
+
+        This is how SAM's automatic mask generator queries a point grid; memory is bounded by
+        `batch_size` prompts per image at a time.
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)`.
+            points: Points `(B, N, 2)` in the SAM input frame.
+            labels: Labels `(B, N)`; defaults to all foreground (1).
+            batch_size: Prompts decoded per image at once.
+            multimask: Return 3 masks per point instead of 1.
+            upsample: Also return `logits` at the original size (memory heavy for many points).
+
+        Returns:
+            `MaskPrediction` with `K = N`: `low_res_logits (B, N, M, 4h, 4w)`,
+            `iou_scores (B, N, M)`, `tokens (B, N, M, D)`.
+
+        Raises:
+            ValueError: On mismatched shapes, a label other than -1, 0 and 1 or a non-positive
+                `batch_size`.
+        """
+        s = check_shape(points, "B N 2", name="points", known={"B": embedding.batch_size})
+        if labels is None:
+            labels = points.new_ones(s["B"], s["N"])
+        check_shape(labels, "B N", name="labels", known=s)
+        _check_point_labels(labels, name="labels")
+        check_positive(batch_size, name="batch_size")
+        chunks: list[MaskPrediction] = []
+        for start in range(0, s["N"], batch_size):
+            sl = slice(start, start + batch_size)
+            prompts = Prompts(points=points[:, sl, None, :], labels=labels[:, sl, None])
+            chunks.append(self.predict(embedding, prompts, multimask=multimask, upsample=upsample))
+        if not chunks:  # N == 0
+            prompts = Prompts(points=points[:, :, None, :], labels=labels[:, :, None])
+            return self.predict(embedding, prompts, multimask=multimask, upsample=upsample)
+        return MaskPrediction(
+            low_res_logits=torch.cat([c.low_res_logits for c in chunks], dim=1),
+            iou_scores=torch.cat([c.iou_scores for c in chunks], dim=1),
+            logits=torch.cat([c.logits for c in chunks], dim=1) if upsample else None,  # type: ignore[misc]
+            mask_threshold=self.mask_threshold,
+            tokens=torch.cat([c.tokens for c in chunks], dim=1),  # type: ignore[misc]
+        )
+
+    def forward(
+        self, images: Tensor, prompts: Prompts, *, multimask: bool = False, upsample: bool = True
+    ) -> MaskPrediction:
+        """Encode `images` and decode `prompts` on them (`encode` + `predict`).
+
+        Args:
+            images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8.
+            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
+            multimask: Return 3 masks per prompt instead of 1.
+            upsample: Also return `logits` at the original image size.
+
+        Returns:
+            `MaskPrediction` shaped `(B, K, M, ...)`.
+        """
+        return self.predict(self.encode(images), prompts, multimask=multimask, upsample=upsample)
+
+
+class SamBackbone(_SamPipeline):
     """SAM's image encoder, prompt encoder and mask decoder with a batched, differentiable API.
 
     The three components are segment_anything modules (so official checkpoints load with their
@@ -632,106 +760,6 @@ class SamBackbone(nn.Module):
             mask_threshold=self.mask_threshold,
             tokens=mask_tokens[:, :, sel],
         )
-
-    def predict(
-        self,
-        embedding: ImageEmbedding,
-        prompts: Prompts,
-        *,
-        multimask: bool = False,
-        upsample: bool = True,
-    ) -> MaskPrediction:
-        """Embed `prompts` and decode them on `embedding` (`embed_prompts` + `decode`).
-
-        Args:
-            embedding: Image embeddings `(B, D, h, w)`.
-            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame. Empty prompts
-                (`Prompts()`) decode one prompt-free slot per image (`K = 1`).
-            multimask: Return 3 masks per prompt instead of 1.
-            upsample: Also return `logits` at the original image size.
-
-        Returns:
-            `MaskPrediction` shaped `(B, K, M, ...)`.
-
-        Raises:
-            ValueError: If the prompts' `B` differs from the embedding's.
-        """
-        shape = prompts.batch_shape
-        if shape is not None and shape[0] != embedding.batch_size:
-            raise ValueError(
-                f"predict: prompts have B={shape[0]} but the embedding has B={embedding.batch_size}"
-            )
-        sparse, dense = self.embed_prompts(prompts, batch_shape=(embedding.batch_size, 1))
-        return self.decode(embedding, sparse, dense, multimask=multimask, upsample=upsample)
-
-    def predict_points(
-        self,
-        embedding: ImageEmbedding,
-        points: Tensor,
-        labels: Tensor | None = None,
-        *,
-        batch_size: int = 64,
-        multimask: bool = True,
-        upsample: bool = False,
-    ) -> MaskPrediction:
-        """Run each of `N` points per image as its own single-point prompt, in batches.
-
-        This is how SAM's automatic mask generator queries a point grid; memory is bounded by
-        `batch_size` prompts per image at a time.
-
-        Args:
-            embedding: Image embeddings `(B, D, h, w)`.
-            points: Points `(B, N, 2)` in the SAM input frame.
-            labels: Labels `(B, N)`; defaults to all foreground (1).
-            batch_size: Prompts decoded per image at once.
-            multimask: Return 3 masks per point instead of 1.
-            upsample: Also return `logits` at the original size (memory heavy for many points).
-
-        Returns:
-            `MaskPrediction` with `K = N`: `low_res_logits (B, N, M, 4h, 4w)`,
-            `iou_scores (B, N, M)`, `tokens (B, N, M, D)`.
-
-        Raises:
-            ValueError: On mismatched shapes, a label other than -1, 0 and 1 or a non-positive
-                `batch_size`.
-        """
-        s = check_shape(points, "B N 2", name="points", known={"B": embedding.batch_size})
-        if labels is None:
-            labels = points.new_ones(s["B"], s["N"])
-        check_shape(labels, "B N", name="labels", known=s)
-        _check_point_labels(labels, name="labels")
-        check_positive(batch_size, name="batch_size")
-        chunks: list[MaskPrediction] = []
-        for start in range(0, s["N"], batch_size):
-            sl = slice(start, start + batch_size)
-            prompts = Prompts(points=points[:, sl, None, :], labels=labels[:, sl, None])
-            chunks.append(self.predict(embedding, prompts, multimask=multimask, upsample=upsample))
-        if not chunks:  # N == 0
-            prompts = Prompts(points=points[:, :, None, :], labels=labels[:, :, None])
-            return self.predict(embedding, prompts, multimask=multimask, upsample=upsample)
-        return MaskPrediction(
-            low_res_logits=torch.cat([c.low_res_logits for c in chunks], dim=1),
-            iou_scores=torch.cat([c.iou_scores for c in chunks], dim=1),
-            logits=torch.cat([c.logits for c in chunks], dim=1) if upsample else None,  # type: ignore[misc]
-            mask_threshold=self.mask_threshold,
-            tokens=torch.cat([c.tokens for c in chunks], dim=1),  # type: ignore[misc]
-        )
-
-    def forward(
-        self, images: Tensor, prompts: Prompts, *, multimask: bool = False, upsample: bool = True
-    ) -> MaskPrediction:
-        """Encode `images` and decode `prompts` on them (`encode` + `predict`).
-
-        Args:
-            images: RGB images `(B, 3, H, W)`, float in `[0, 1]` or uint8.
-            prompts: Prompts with leading axes `(B, K)`, in the SAM input frame.
-            multimask: Return 3 masks per prompt instead of 1.
-            upsample: Also return `logits` at the original image size.
-
-        Returns:
-            `MaskPrediction` shaped `(B, K, M, ...)`.
-        """
-        return self.predict(self.encode(images), prompts, multimask=multimask, upsample=upsample)
 
 
 def build_sam_backbone(

@@ -52,11 +52,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from samkit._checks import as_float, as_image, check_positive, check_shape
+from samkit._checks import as_float, as_image, check_shape
 from samkit.backbones._optional import import_optional
 from samkit.backbones._sam_build import load_strict, read_state_dict
 from samkit.backbones._sam_ops import embed_boxes, embed_points
-from samkit.backbones.sam import _check_point_labels, _compute_dtype
+from samkit.backbones.sam import _check_point_labels, _compute_dtype, _SamPipeline
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
 __all__ = ["SAM2_VARIANTS", "Sam2Backbone", "Sam2VariantSpec", "build_sam2_backbone"]
@@ -228,7 +228,7 @@ def convert_sam2_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class Sam2Backbone(nn.Module):
+class Sam2Backbone(_SamPipeline):
     """SAM 2's image encoder, prompt encoder and mask decoder with samkit's batched API.
 
     Implements `samkit.backbones.sam.SamLike`. The components are `sam2` modules, so official
@@ -247,7 +247,6 @@ class Sam2Backbone(nn.Module):
         (torch.Size([2, 5, 3, 64, 64]), torch.Size([2, 5, 3, 96, 128]), torch.Size([2, 5, 3, 32]))
     """
 
-    mask_threshold: float = 0.0
     pixel_mean: Tensor
     pixel_std: Tensor
 
@@ -667,98 +666,6 @@ class Sam2Backbone(nn.Module):
             return torch.gather(x, 2, idx)
 
         return gather(masks), gather(iou), gather(tokens)
-
-    def predict(
-        self,
-        embedding: ImageEmbedding,
-        prompts: Prompts,
-        *,
-        multimask: bool = False,
-        upsample: bool = True,
-    ) -> MaskPrediction:
-        """Embed `prompts` and decode them on `embedding` (`embed_prompts` + `decode`).
-
-        Args:
-            embedding: `encode` output for `B` images.
-            prompts: Prompts with leading axes `(B, K)`, in the `(S, S)` input frame. Empty
-                prompts decode one prompt-free slot per image (`K = 1`).
-            multimask: Return 3 masks per prompt instead of 1.
-            upsample: Also return `logits` at the original image size.
-
-        Returns:
-            `MaskPrediction` shaped `(B, K, M, ...)`.
-
-        Raises:
-            ValueError: If the prompts' `B` differs from the embedding's.
-        """
-        shape = prompts.batch_shape
-        if shape is not None and shape[0] != embedding.batch_size:
-            raise ValueError(
-                f"predict: prompts have B={shape[0]} but the embedding has B={embedding.batch_size}"
-            )
-        sparse, dense = self.embed_prompts(prompts, batch_shape=(embedding.batch_size, 1))
-        return self.decode(embedding, sparse, dense, multimask=multimask, upsample=upsample)
-
-    def predict_points(
-        self,
-        embedding: ImageEmbedding,
-        points: Tensor,
-        labels: Tensor | None = None,
-        *,
-        batch_size: int = 64,
-        multimask: bool = True,
-        upsample: bool = False,
-    ) -> MaskPrediction:
-        """Run each of `N` points per image as its own single-point prompt, in batches.
-
-        Args:
-            embedding: `encode` output for `B` images.
-            points: Points `(B, N, 2)` in the `(S, S)` input frame.
-            labels: Labels `(B, N)`; defaults to all foreground (1).
-            batch_size: Prompts decoded per image at once.
-            multimask: Return 3 masks per point instead of 1.
-            upsample: Also return `logits` at the original size.
-
-        Returns:
-            `MaskPrediction` with `K = N`.
-
-        Raises:
-            ValueError: On mismatched shapes, a label other than -1, 0 and 1 or a non-positive
-                `batch_size`.
-        """
-        s = check_shape(points, "B N 2", name="points", known={"B": embedding.batch_size})
-        if labels is None:
-            labels = points.new_ones(s["B"], s["N"])
-        check_shape(labels, "B N", name="labels", known=s)
-        _check_point_labels(labels, name="labels")
-        check_positive(batch_size, name="batch_size")
-        chunks = [
-            self.predict(
-                embedding,
-                Prompts(
-                    points=points[:, i : i + batch_size, None, :],
-                    labels=labels[:, i : i + batch_size, None],
-                ),
-                multimask=multimask,
-                upsample=upsample,
-            )
-            for i in range(0, max(s["N"], 1), batch_size)
-        ]
-        if len(chunks) == 1:
-            return chunks[0]
-        return MaskPrediction(
-            low_res_logits=torch.cat([c.low_res_logits for c in chunks], dim=1),
-            iou_scores=torch.cat([c.iou_scores for c in chunks], dim=1),
-            logits=torch.cat([c.logits for c in chunks], dim=1) if upsample else None,  # type: ignore[misc]
-            mask_threshold=self.mask_threshold,
-            tokens=torch.cat([c.tokens for c in chunks], dim=1),  # type: ignore[misc]
-        )
-
-    def forward(
-        self, images: Tensor, prompts: Prompts, *, multimask: bool = False, upsample: bool = True
-    ) -> MaskPrediction:
-        """Encode `images` and decode `prompts` on them (`encode` + `predict`)."""
-        return self.predict(self.encode(images), prompts, multimask=multimask, upsample=upsample)
 
 
 def build_sam2_backbone(
