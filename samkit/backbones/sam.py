@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +239,44 @@ class _SamPipeline(nn.Module):
     """
 
     mask_threshold: float = 0.0
+    pixel_mean: Tensor
+    _frozen_with: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Component name -> further attributes that `freeze` sets with it."""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.pixel_mean.device
+
+    def freeze(
+        self,
+        *,
+        image_encoder: bool = True,
+        prompt_encoder: bool = True,
+        mask_decoder: bool = True,
+    ) -> list[str]:
+        """Set which components are frozen (`requires_grad=False`); `False` unfreezes.
+
+        SSP-SAM, for example, trains only the mask decoder:
+        `sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)`.
+
+        Args:
+            image_encoder: Freeze the image encoder.
+            prompt_encoder: Freeze the prompt encoder.
+            mask_decoder: Freeze the mask decoder.
+
+        Returns:
+            The names of the parameters that remain trainable.
+        """
+        flags = {
+            "image_encoder": image_encoder,
+            "prompt_encoder": prompt_encoder,
+            "mask_decoder": mask_decoder,
+        }
+        for name, frozen in flags.items():
+            for part in (name, *self._frozen_with.get(name, ())):
+                getattr(self, part).requires_grad_(not frozen)
+        return [n for n, p in self.named_parameters() if p.requires_grad]
 
     if TYPE_CHECKING:  # provided by each backbone
 
@@ -420,11 +458,6 @@ class SamBackbone(_SamPipeline):
     # ------------------------------------------------------------------ building / weights
 
     @property
-    def device(self) -> torch.device:
-        """Device of the parameters."""
-        return self.pixel_mean.device
-
-    @property
     def num_multimask_outputs(self) -> int:
         """Number of masks `M` returned with `multimask=True` (3 for SAM)."""
         return int(self.mask_decoder.num_multimask_outputs)  # type: ignore[arg-type]
@@ -440,35 +473,6 @@ class SamBackbone(_SamPipeline):
             RuntimeError: Listing the missing and unexpected keys, or on a shape mismatch.
         """
         load_strict(self, read_state_dict(path), source=repr(str(path)))
-
-    def freeze(
-        self,
-        *,
-        image_encoder: bool = True,
-        prompt_encoder: bool = True,
-        mask_decoder: bool = True,
-    ) -> list[str]:
-        """Set which components are frozen (`requires_grad=False`); `False` unfreezes.
-
-        SSP-SAM, for example, trains only the mask decoder:
-        `sam.freeze(image_encoder=True, prompt_encoder=True, mask_decoder=False)`.
-
-        Args:
-            image_encoder: Freeze the image encoder.
-            prompt_encoder: Freeze the prompt encoder.
-            mask_decoder: Freeze the mask decoder.
-
-        Returns:
-            The names of the parameters that remain trainable.
-        """
-        flags = {
-            "image_encoder": image_encoder,
-            "prompt_encoder": prompt_encoder,
-            "mask_decoder": mask_decoder,
-        }
-        for name, frozen in flags.items():
-            getattr(self, name).requires_grad_(not frozen)
-        return [n for n, p in self.named_parameters() if p.requires_grad]
 
     def to_segment_anything(self) -> Sam:
         """A `segment_anything.modeling.Sam` that shares this backbone's modules (not copies).

@@ -45,7 +45,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +236,9 @@ class Sam2Backbone(_SamPipeline):
     else strictly). Numerically it equals `sam2.SAM2ImagePredictor` on one image (pinned by
     `tests/backbones/test_sam2_backend.py`), and it handles `B` images with `K` prompts each.
 
+    `freeze`: `no_mem_embed` follows the image encoder; the decoder's `conv_s0` / `conv_s1`
+    (which `encode` applies to the high-resolution features) follow the mask decoder.
+
     Examples:
         >>> sam = build_sam2_backbone("sam2-tiny-random")
         >>> emb = sam.encode(torch.rand(2, 3, 96, 128))
@@ -247,8 +250,8 @@ class Sam2Backbone(_SamPipeline):
         (torch.Size([2, 5, 3, 64, 64]), torch.Size([2, 5, 3, 96, 128]), torch.Size([2, 5, 3, 32]))
     """
 
-    pixel_mean: Tensor
     pixel_std: Tensor
+    _frozen_with: ClassVar[dict[str, tuple[str, ...]]] = {"image_encoder": ("no_mem_embed",)}
 
     def __init__(
         self,
@@ -293,11 +296,6 @@ class Sam2Backbone(_SamPipeline):
     # ------------------------------------------------------------------ building / weights
 
     @property
-    def device(self) -> torch.device:
-        """Device of the parameters."""
-        return self.pixel_mean.device
-
-    @property
     def num_multimask_outputs(self) -> int:
         """Number of masks `M` returned with `multimask=True` (3)."""
         return int(self.mask_decoder.num_multimask_outputs)  # type: ignore[arg-type]
@@ -318,27 +316,6 @@ class Sam2Backbone(_SamPipeline):
         """
         state = convert_sam2_state_dict(read_state_dict(path))
         load_strict(self, state, source=repr(str(path)))
-
-    def freeze(
-        self,
-        *,
-        image_encoder: bool = True,
-        prompt_encoder: bool = True,
-        mask_decoder: bool = True,
-    ) -> list[str]:
-        """Set which components are frozen (`requires_grad=False`); `False` unfreezes.
-
-        `no_mem_embed` follows the image encoder. The decoder's `conv_s0` / `conv_s1` (which
-        `encode` applies to the high-resolution features) follow the mask decoder.
-
-        Returns:
-            The names of the parameters that remain trainable.
-        """
-        self.image_encoder.requires_grad_(not image_encoder)
-        self.no_mem_embed.requires_grad_(not image_encoder)
-        self.prompt_encoder.requires_grad_(not prompt_encoder)
-        self.mask_decoder.requires_grad_(not mask_decoder)
-        return [n for n, p in self.named_parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ frames
 
