@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from samkit._checks import as_float, check_shape
 from samkit.backbones._optional import import_optional
 from samkit.backbones._sam_build import SAM_VARIANTS, SamVariantSpec, build_sam_parts
-from samkit.backbones.sam import SamBackbone, _compute_dtype
+from samkit.backbones.sam import SamBackbone
 from samkit.types import ImageEmbedding, MaskPrediction
 
 __all__ = ["HQ_SAM_VARIANTS", "HQSamBackbone", "build_hq_sam_backbone"]
@@ -296,10 +296,8 @@ class HQSamBackbone(SamBackbone):
         Raises:
             ValueError: If the shapes disagree or the early ViT feature is missing.
         """
-        emb = embedding.embeddings
-        s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
-        s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
-        check_shape(dense, "B K D h w", name="dense", known=s)
+        weight = self.mask_decoder.iou_token.weight
+        s, emb, sparse, dense = self._decoder_inputs(embedding, sparse, dense, weight=weight)
         if not embedding.intermediates:
             raise ValueError(
                 "embedding.intermediates: HQ-SAM needs the early ViT feature; "
@@ -307,10 +305,6 @@ class HQSamBackbone(SamBackbone):
             )
         early = embedding.intermediates[0]
         check_shape(early, "B C h w", name="embedding.intermediates[0]", known={"B": s["B"]})
-        weight = self.mask_decoder.iou_token.weight
-        emb = as_float(emb, name="embedding.embeddings", dtype=_compute_dtype(emb, weight))
-        sparse = as_float(sparse, name="sparse", dtype=emb.dtype)
-        dense = as_float(dense, name="dense", dtype=emb.dtype)
         early = as_float(early, name="embedding.intermediates[0]", dtype=emb.dtype)
         sam_masks, hq_masks, iou, sam_tokens, hq_token = predict_masks_hq(
             self.mask_decoder, emb, early, self.dense_pe(), sparse, dense
@@ -327,18 +321,7 @@ class HQSamBackbone(SamBackbone):
             low_res = torch.gather(sam_masks, 2, idx) + hq_masks
             idx = pick[..., None].expand(-1, -1, -1, sam_tokens.shape[-1])
             tokens = torch.gather(sam_tokens, 2, idx)
-        logits = (
-            self.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-            if upsample
-            else None
-        )
-        return MaskPrediction(
-            low_res_logits=low_res,
-            iou_scores=iou,
-            logits=logits,
-            mask_threshold=self.mask_threshold,
-            tokens=tokens,
-        )
+        return self._mask_prediction(embedding, low_res, iou, tokens, upsample=upsample)
 
 
 def build_hq_sam_backbone(

@@ -239,6 +239,7 @@ class _SamPipeline(nn.Module):
     """
 
     mask_threshold: float = 0.0
+    prompt_dim: int
     pixel_mean: Tensor
     _frozen_with: ClassVar[dict[str, tuple[str, ...]]] = {}
     """Component name -> further attributes that `freeze` sets with it."""
@@ -278,6 +279,64 @@ class _SamPipeline(nn.Module):
                 getattr(self, part).requires_grad_(not frozen)
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
+    def _decoder_inputs(
+        self, embedding: ImageEmbedding, sparse: Tensor, dense: Tensor, *, weight: Tensor
+    ) -> tuple[dict[str, int], Tensor, Tensor, Tensor]:
+        """Check `decode`'s inputs and cast them to the decoder's compute dtype.
+
+        Args:
+            embedding: Image embeddings `(B, D, h, w)`.
+            sparse: Sparse prompt tokens `(B, K, N, D)`.
+            dense: Dense prompt embeddings `(B, K, D, h, w)`.
+            weight: A decoder weight, whose dtype is the compute dtype outside autocast.
+
+        Returns:
+            The sizes `{B, K, N, D, h, w}` and the embeddings, sparse and dense tensors in the
+            compute dtype.
+
+        Raises:
+            ValueError: If the shapes disagree.
+        """
+        emb = embedding.embeddings
+        s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
+        s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
+        check_shape(dense, "B K D h w", name="dense", known=s)
+        emb = as_float(emb, name="embedding.embeddings", dtype=_compute_dtype(emb, weight))
+        sparse = as_float(sparse, name="sparse", dtype=emb.dtype)
+        dense = as_float(dense, name="dense", dtype=emb.dtype)
+        return s, emb, sparse, dense
+
+    def _mask_prediction(
+        self,
+        embedding: ImageEmbedding,
+        low_res: Tensor,
+        iou: Tensor,
+        tokens: Tensor,
+        *,
+        upsample: bool,
+    ) -> MaskPrediction:
+        """`decode`'s output: the selected masks, and their logits at the original size.
+
+        Args:
+            embedding: The embedding decoded (its `input_size` and `original_size`).
+            low_res: Mask logits `(B, K, M, 4h, 4w)`.
+            iou: Predicted IoU `(B, K, M)`.
+            tokens: The mask tokens `(B, K, M, D)`.
+            upsample: Also compute `logits (B, K, M, H, W)` with `postprocess_masks`.
+        """
+        logits = (
+            self.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+            if upsample
+            else None
+        )
+        return MaskPrediction(
+            low_res_logits=low_res,
+            iou_scores=iou,
+            logits=logits,
+            mask_threshold=self.mask_threshold,
+            tokens=tokens,
+        )
+
     if TYPE_CHECKING:  # provided by each backbone
 
         def encode(self, images: Tensor) -> ImageEmbedding: ...
@@ -295,6 +354,10 @@ class _SamPipeline(nn.Module):
             multimask: bool = False,
             upsample: bool = True,
         ) -> MaskPrediction: ...
+
+        def postprocess_masks(
+            self, masks: Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+        ) -> Tensor: ...
 
     def predict(
         self,
@@ -739,30 +802,14 @@ class SamBackbone(_SamPipeline):
         Raises:
             ValueError: If the shapes of `embedding`, `sparse` and `dense` disagree.
         """
-        emb = embedding.embeddings
-        s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": self.prompt_dim})
-        s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
-        check_shape(dense, "B K D h w", name="dense", known=s)
         weight = self.mask_decoder.iou_token.weight
-        emb = as_float(emb, name="embedding.embeddings", dtype=_compute_dtype(emb, weight))
-        sparse = as_float(sparse, name="sparse", dtype=emb.dtype)
-        dense = as_float(dense, name="dense", dtype=emb.dtype)
+        _, emb, sparse, dense = self._decoder_inputs(embedding, sparse, dense, weight=weight)
         masks, iou, mask_tokens = predict_masks_batched(
             self.mask_decoder, emb, self.dense_pe(), sparse, dense
         )
         sel = slice(1, None) if multimask else slice(0, 1)
-        low_res = masks[:, :, sel]
-        logits = (
-            self.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-            if upsample
-            else None
-        )
-        return MaskPrediction(
-            low_res_logits=low_res,
-            iou_scores=iou[:, :, sel],
-            logits=logits,
-            mask_threshold=self.mask_threshold,
-            tokens=mask_tokens[:, :, sel],
+        return self._mask_prediction(
+            embedding, masks[:, :, sel], iou[:, :, sel], mask_tokens[:, :, sel], upsample=upsample
         )
 
 

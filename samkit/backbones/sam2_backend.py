@@ -581,11 +581,9 @@ class Sam2Backbone(_SamPipeline):
         Raises:
             ValueError: If the shapes disagree or `embedding` lacks the high-res features.
         """
-        emb = embedding.embeddings
+        weight = self.mask_decoder.iou_token.weight
+        s, emb, sparse, dense = self._decoder_inputs(embedding, sparse, dense, weight=weight)
         d = self.prompt_dim
-        s = check_shape(emb, "B D h w", name="embedding.embeddings", known={"D": d})
-        s.update(check_shape(sparse, "B K N D", name="sparse", known=s))
-        check_shape(dense, "B K D h w", name="dense", known=s)
         feats = embedding.intermediates
         if len(feats) != 2:
             raise ValueError(
@@ -596,10 +594,6 @@ class Sam2Backbone(_SamPipeline):
         check_shape(feats[0], "B C H W", name="embedding.intermediates[0]", known=known)
         known = {"B": s["B"], "C": d // 4, "H": 2 * s["h"], "W": 2 * s["w"]}
         check_shape(feats[1], "B C H W", name="embedding.intermediates[1]", known=known)
-        weight = self.mask_decoder.iou_token.weight
-        emb = as_float(emb, name="embedding.embeddings", dtype=_compute_dtype(emb, weight))
-        sparse = as_float(sparse, name="sparse", dtype=emb.dtype)
-        dense = as_float(dense, name="dense", dtype=emb.dtype)
         masks, iou, tokens = self._predict_masks(emb, feats, sparse, dense)
         if multimask:
             low_res, iou, tokens = masks[:, :, 1:], iou[:, :, 1:], tokens[:, :, 1:]
@@ -607,18 +601,7 @@ class Sam2Backbone(_SamPipeline):
             low_res, iou, tokens = self._stable_single_mask(masks, iou, tokens)
         else:
             low_res, iou, tokens = masks[:, :, :1], iou[:, :, :1], tokens[:, :, :1]
-        logits = (
-            self.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-            if upsample
-            else None
-        )
-        return MaskPrediction(
-            low_res_logits=low_res,
-            iou_scores=iou,
-            logits=logits,
-            mask_threshold=self.mask_threshold,
-            tokens=tokens,
-        )
+        return self._mask_prediction(embedding, low_res, iou, tokens, upsample=upsample)
 
     def _stable_single_mask(
         self, masks: Tensor, iou: Tensor, tokens: Tensor
