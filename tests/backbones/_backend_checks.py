@@ -1,16 +1,96 @@
-"""Checks shared by the tests of the optional SAM backends (SAM 2, HQ-SAM, MobileSAM)."""
+"""Checks shared by the tests of the optional SAM backends (SAM 2, HQ-SAM, MobileSAM,
+EfficientViT-SAM): comparisons with upstream predictors, gradients, the three systems."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor, nn
 
 from samkit.backbones.sam import build_sam_backbone
-from samkit.types import Prompts
+from samkit.types import MaskPrediction, Prompts
+
+TOL = 1e-5
+"""Tolerance of the equivalence checks with upstream predictors (float32)."""
+
+
+def max_diff(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference of two tensors (gradients detached)."""
+    return float((a.detach() - b.detach()).abs().max())
+
+
+def set_resized_image(predictor: Any, image: Tensor, side: int) -> Any:
+    """Give a segment_anything-style predictor `image (1, 3, H, W)` in `[0, 1]`, resized to long
+    side `side` with torch's antialiased bilinear resize (as samkit), not its PIL resize."""
+    size = ResizeLongestSide.get_preprocess_shape(image.shape[-2], image.shape[-1], side)
+    resized = F.interpolate(image * 255, size, mode="bilinear", align_corners=False, antialias=True)
+    predictor.set_torch_image(resized, tuple(image.shape[-2:]))
+    return predictor
+
+
+def assert_matches_predictor(
+    pred: MaskPrediction, ref: tuple[Tensor, Tensor, Tensor], i: int, name: str
+) -> None:
+    """Image `i` of samkit's prediction equals a predictor's `predict_torch(...,
+    return_logits=True)` output `(logits, iou, low_res_logits)` to `TOL`."""
+    assert pred.logits is not None
+    for key, a, b in (
+        ("logits", pred.logits[i], ref[0]),
+        ("iou", pred.iou_scores[i], ref[1]),
+        ("low_res", pred.low_res_logits[i], ref[2]),
+    ):
+        diff = max_diff(a, b)
+        assert diff <= TOL, f"{name} {key}: max |diff| {diff:.2e}"
+
+
+def assert_prompt_cases_match(
+    sam: Any, embedding: Any, predictor: Any, points: Tensor, labels: Tensor, box: Tensor
+) -> None:
+    """On one image, samkit's `predict` equals `predictor.predict_torch` for a point, two
+    points, a box and a point + box, each with and without multimask output.
+
+    Args:
+        sam: The samkit backbone.
+        embedding: Its `encode` output for the image set in `predictor`.
+        predictor: An upstream predictor with that image set.
+        points: Two points `(1, 1, 2, 2)` in the input frame.
+        labels: Their labels `(1, 1, 2)`.
+        box: A box `(1, 1, 4)` in the input frame.
+    """
+    one = (points[:, :, :1], labels[:, :, :1])
+    cases = {
+        "point": (*one, None),
+        "two points": (points, labels, None),
+        "box": (None, None, box),
+        "point + box": (*one, box),
+    }
+    for name, (p, lab, b) in cases.items():
+        for multi in (False, True):
+            ref = predictor.predict_torch(
+                None if p is None else p[0],
+                None if lab is None else lab[0],
+                None if b is None else b[0],
+                multimask_output=multi,
+                return_logits=True,
+            )
+            pred = sam.predict(embedding, Prompts(points=p, labels=lab, boxes=b), multimask=multi)
+            assert_matches_predictor(pred, ref, 0, f"{name}, multimask={multi}")
+
+
+def perturb_batchnorm_statistics(module: nn.Module) -> None:
+    """Give every BatchNorm non-trivial running statistics, so that loading them matters."""
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
 
 
 def hide_package(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
@@ -28,6 +108,19 @@ def assert_missing_package_names_extra(
     hide_package(monkeypatch, package)
     with pytest.raises(ImportError, match=rf'pip install "samkit\[{extra}\]"'):
         build_sam_backbone(variant)
+
+
+def assert_checkpoint_mismatch_refused(variant: str, folder: Path) -> None:
+    """Building `variant` from a checkpoint with an extra key fails naming the file and the
+    key; from a missing file, naming the file."""
+    sd = build_sam_backbone(variant).state_dict()
+    sd["image_encoder.extra"] = torch.zeros(1)
+    path = folder / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(RuntimeError, match=r"bad\.pt.*unexpected keys.*image_encoder\.extra"):
+        build_sam_backbone(variant, path)
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        build_sam_backbone(variant, folder / "missing.pt")
 
 
 def decoder_gradients(sam: nn.Module, *, skip: tuple[str, ...] = ()) -> dict[str, bool]:
@@ -59,6 +152,13 @@ def decoder_gradients(sam: nn.Module, *, skip: tuple[str, ...] = ()) -> dict[str
         out[name] = g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0)
     sam.eval()
     return out
+
+
+def assert_decoder_gets_gradients(sam: nn.Module, *, skip: tuple[str, ...] = ()) -> None:
+    """Every decoder parameter (but those under `skip`) gets a finite non-zero gradient."""
+    got = decoder_gradients(sam, skip=skip)
+    missing = [n for n, ok in got.items() if not ok]
+    assert not missing, missing
 
 
 def run_ssp_sam(variant: str, folder: Path) -> None:
@@ -101,3 +201,20 @@ def run_sam_mi(variant: str, **overrides: object) -> None:
     out = model(torch.rand(2, 3, 64, 64), ["cat", "dog", "sky"])
     assert out.logits.shape[:2] == (2, 3)
     assert torch.isfinite(out.logits).all()
+
+
+class SystemsChecks:
+    """SSP-SAM, SAM-CP and SAM-MI build and run on a backend; subclass as `TestSystems` and set
+    `variant` (and `sam_mi_overrides` for a slow decoder)."""
+
+    variant: ClassVar[str]
+    sam_mi_overrides: ClassVar[dict[str, object]] = {}
+
+    def test_ssp_sam(self, tmp_path: Path) -> None:
+        run_ssp_sam(self.variant, tmp_path)
+
+    def test_sam_cp(self) -> None:
+        run_sam_cp(self.variant)
+
+    def test_sam_mi(self) -> None:
+        run_sam_mi(self.variant, **self.sam_mi_overrides)

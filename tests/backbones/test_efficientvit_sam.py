@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from samkit.backbones.sam import SamLike, build_sam_backbone
-from samkit.types import MaskPrediction, Prompts
+from samkit.types import Prompts
 from tests.backbones import _backend_checks as checks
 
 pytest.importorskip("efficientsam")
@@ -31,7 +31,6 @@ from samkit.backbones.efficientvit_sam import (  # noqa: E402
 
 TINY = "efficientvit_sam-tiny-random"
 ORIG = (96, 128)  # long side = the tiny preset's encoder size: the package's PIL resize is a no-op
-TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +41,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, EfficientVitSam
     spec = EFFICIENTVIT_SAM_VARIANTS[TINY]
     upstream = build_efficientvit_sam(build_efficientvit_encoder(spec), spec.encoder_size)
     set_norm_eps(upstream, 1e-6)  # as create_efficientvit_sam_model
-    with torch.no_grad():
-        for name, b in upstream.image_encoder.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
+    checks.perturb_batchnorm_statistics(upstream.image_encoder)
     upstream.eval()
     path = tmp_path_factory.mktemp("effvit") / "efficientvit_sam_tiny.pt"
     torch.save({"state_dict": upstream.state_dict()}, path)  # wrapped, as the package accepts
@@ -63,21 +57,6 @@ def _uint8_images(n: int, seed: int) -> Tensor:
 
 def _hwc(image: Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
-
-
-def _max_diff(a: Tensor, b: Tensor) -> float:
-    return float((a.detach() - b.detach()).abs().max())
-
-
-def _compare(pred: MaskPrediction, ref: tuple[Tensor, Tensor, Tensor], i: int, name: str) -> None:
-    assert pred.logits is not None
-    for key, a, b in (
-        ("logits", pred.logits[i], ref[0]),
-        ("iou", pred.iou_scores[i], ref[1]),
-        ("low_res", pred.low_res_logits[i], ref[2]),
-    ):
-        diff = _max_diff(a, b)
-        assert diff <= TOL, f"{name} {key}: max |diff| {diff:.2e}"
 
 
 class TestBuild:
@@ -101,14 +80,7 @@ class TestBuild:
             assert our_eps == ref_eps, name
 
     def test_checkpoint_mismatch_and_unknown_variant(self, tmp_path: Path) -> None:
-        sd = build_efficientvit_sam_backbone(TINY).state_dict()
-        sd["image_encoder.extra"] = torch.zeros(1)
-        path = tmp_path / "bad.pt"
-        torch.save(sd, path)
-        with pytest.raises(RuntimeError, match=r"bad\.pt.*unexpected keys.*image_encoder\.extra"):
-            build_sam_backbone(TINY, path)
-        with pytest.raises(FileNotFoundError, match="missing.pt"):
-            build_sam_backbone(TINY, tmp_path / "missing.pt")
+        checks.assert_checkpoint_mismatch_refused(TINY, tmp_path)
         with pytest.raises(ValueError, match="EfficientViT-SAM"):
             build_efficientvit_sam_backbone("efficientvit_sam_l3")
 
@@ -126,30 +98,13 @@ class TestEquivalence:
         predictor.set_image(_hwc(image[0]))
         emb = ours.encode(image)
         assert emb.input_size == tuple(predictor.input_size)
-        assert _max_diff(emb.embeddings, predictor.features) <= TOL
+        assert checks.max_diff(emb.embeddings, predictor.features) <= checks.TOL
         raw = torch.tensor([[20.0, 30.0], [100.0, 10.0]])
         points = ours.transform_coords(raw[None, None], ORIG)
         assert torch.equal(points[0, 0], predictor.apply_coords_torch(raw))
         labels = torch.tensor([[[1.0, 0.0]]])
         box = ours.transform_boxes(torch.tensor([[[4.0, 6.0, 90.0, 70.0]]]), ORIG)
-        cases = {
-            "point, multimask": (points[:, :, :1], labels[:, :, :1], None, True),
-            "two points, single": (points, labels, None, False),
-            "box, single": (None, None, box, False),
-            "box, multimask": (None, None, box, True),
-            "point + box, single": (points[:, :, :1], labels[:, :, :1], box, False),
-            "point + box, multimask": (points[:, :, :1], labels[:, :, :1], box, True),
-        }
-        for name, (p, lab, b, multi) in cases.items():
-            ref = predictor.predict_torch(
-                None if p is None else p[0],
-                None if lab is None else lab[0],
-                None if b is None else b[0],
-                multimask_output=multi,
-                return_logits=True,
-            )
-            pred = ours.predict(emb, Prompts(points=p, labels=lab, boxes=b), multimask=multi)
-            _compare(pred, ref, 0, name)
+        checks.assert_prompt_cases_match(ours, emb, predictor, points, labels, box)
 
     def test_batch_of_images(self, pair: tuple[Any, EfficientVitSamBackbone]) -> None:
         """Two images, two prompts each (points, then points + boxes), against the package's
@@ -168,7 +123,7 @@ class TestEquivalence:
         labels = torch.ones(2, 2, 1)
         boxes = ours.transform_boxes(torch.tensor([[10.0, 5.0, 80.0, 60.0]]).expand(2, 2, 4), ORIG)
         emb = ours.encode(images.float() / 255)
-        assert _max_diff(emb.embeddings, predictor.features) <= TOL
+        assert checks.max_diff(emb.embeddings, predictor.features) <= checks.TOL
         for name, b in (("points", None), ("points + boxes", boxes)):
             prompts = Prompts(points=points, labels=labels, boxes=b)
             pred = ours.predict(emb, prompts, multimask=True)
@@ -181,7 +136,7 @@ class TestEquivalence:
                     return_logits=True,
                     image_index=i,
                 )
-                _compare(pred, ref, i, f"{name}, image {i}")
+                checks.assert_matches_predictor(pred, ref, i, f"{name}, image {i}")
 
     def test_resized_input_within_one_grey_level(
         self, pair: tuple[Any, EfficientVitSamBackbone]
@@ -197,7 +152,7 @@ class TestEquivalence:
         assert x.shape == ref.shape == (1, 3, 128, 128)
         assert input_size == (683, 1024)
         one_level = 255 / 57.12 / 255
-        assert _max_diff(x, ref) <= 1.01 * one_level
+        assert checks.max_diff(x, ref) <= 1.01 * one_level
 
 
 class TestBehaviour:
@@ -211,17 +166,14 @@ class TestBehaviour:
 
     def test_gradients_reach_the_decoder(self) -> None:
         sam = build_efficientvit_sam_backbone(TINY)
-        got = checks.decoder_gradients(sam)
-        missing = [n for n, ok in got.items() if not ok]
-        assert not missing, missing
+        checks.assert_decoder_gets_gradients(sam)
 
 
-class TestSystems:
-    def test_ssp_sam(self, tmp_path: Path) -> None:
-        checks.run_ssp_sam(TINY, tmp_path)
-
-    def test_sam_cp(self) -> None:
-        checks.run_sam_cp(TINY)
-
-    def test_sam_mi(self) -> None:
-        checks.run_sam_mi(TINY, prompting="grid", grid=2, use_smagg=False)
+class TestSystems(checks.SystemsChecks):
+    variant = TINY
+    # a 64x64 grid with D = 256 is slow to decode on the CPU: a 2x2 prompt grid
+    sam_mi_overrides: ClassVar[dict[str, object]] = {
+        "prompting": "grid",
+        "grid": 2,
+        "use_smagg": False,
+    }

@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from samkit.backbones._sam_build import PIXEL_MEAN, PIXEL_STD, SAM_VARIANTS
@@ -97,15 +95,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, HQSamBackbone]:
 
 def _predictor(upstream: Any, image: Tensor) -> Any:
     """An HQ-SAM predictor with `image` (1, 3, H, W) in [0, 1] set (torch resize, as samkit)."""
-    predictor = SamPredictor(upstream)
-    size = ResizeLongestSide.get_preprocess_shape(image.shape[-2], image.shape[-1], 128)
-    resized = F.interpolate(image * 255, size, mode="bilinear", align_corners=False, antialias=True)
-    predictor.set_torch_image(resized, tuple(image.shape[-2:]))
-    return predictor
-
-
-def _max_diff(a: Tensor, b: Tensor) -> float:
-    return float((a.detach() - b.detach()).abs().max())
+    return checks.set_resized_image(SamPredictor(upstream), image, 128)
 
 
 class TestBuild:
@@ -144,8 +134,6 @@ class TestBuild:
 class TestEquivalence:
     """samkit's batched HQ pipeline equals `segment_anything_hq.SamPredictor.predict_torch`."""
 
-    TOL = 1e-5
-
     def _check(self, upstream: Any, ours: HQSamBackbone, image: Tensor, i: int, **kw: Any) -> None:
         """Decoder equivalence: the predictor decodes samkit's own image features, so the
         prompt encoding, HQ fusion, decoding and upsampling are compared at 1e-5 (the encoder
@@ -169,15 +157,8 @@ class TestEquivalence:
                 pred = ours.predict(
                     emb, Prompts(points=points, labels=labels, boxes=boxes), multimask=multi
                 )
-                assert pred.logits is not None
                 name = f"image {i}, hq_token_only={hq_only}, multimask={multi}"
-                for key, a, b in (
-                    ("logits", pred.logits[i], ref[0]),
-                    ("iou", pred.iou_scores[i], ref[1]),
-                    ("low_res", pred.low_res_logits[i], ref[2]),
-                ):
-                    diff = _max_diff(a, b)
-                    assert diff <= self.TOL, f"{name} {key}: max |diff| {diff:.2e}"
+                checks.assert_matches_predictor(pred, ref, i, name)
         ours.hq_token_only = False
 
     def test_points_boxes_and_both_on_a_batch(self, pair: tuple[Any, HQSamBackbone]) -> None:
@@ -203,17 +184,17 @@ class TestEquivalence:
         image = torch.rand(1, 3, *ORIG)
         predictor = _predictor(upstream, image)
         emb = ours.encode(image)
-        assert _max_diff(emb.embeddings, predictor.features) <= self.TOL
+        assert checks.max_diff(emb.embeddings, predictor.features) <= checks.TOL
         early = predictor.interm_features[0].permute(0, 3, 1, 2)
-        assert _max_diff(emb.intermediates[0], early) <= self.TOL
+        assert checks.max_diff(emb.intermediates[0], early) <= checks.TOL
         points = ours.transform_coords(torch.tensor([[[[30.0, 20.0]]]]), ORIG)
         labels = torch.ones(1, 1, 1)
         ref = predictor.predict_torch(points[0], labels[0], return_logits=True)
         pred = ours.predict(emb, Prompts(points=points, labels=labels), multimask=True)
         assert pred.logits is not None
         scale = float(ref[0].abs().max())
-        assert _max_diff(pred.logits[0], ref[0]) <= self.TOL + 1e-6 * scale
-        assert _max_diff(pred.iou_scores[0], ref[1]) <= self.TOL
+        assert checks.max_diff(pred.logits[0], ref[0]) <= checks.TOL + 1e-6 * scale
+        assert checks.max_diff(pred.iou_scores[0], ref[1]) <= checks.TOL
 
     def test_hq_branch_changes_the_mask(self, pair: tuple[Any, HQSamBackbone]) -> None:
         """The HQ mask is not negligible, so the equivalence above tests the fusion too."""
@@ -224,7 +205,7 @@ class TestEquivalence:
         ours.hq_token_only = True
         hq_only = ours.predict(emb, prompts, upsample=False).low_res_logits
         ours.hq_token_only = False
-        assert _max_diff(both, hq_only) > 1e-2 and hq_only.abs().max() > 1e-2
+        assert checks.max_diff(both, hq_only) > 1e-2 and hq_only.abs().max() > 1e-2
 
 
 class TestBehaviour:
@@ -266,12 +247,5 @@ class TestBehaviour:
         assert names and all(n.split(".")[1] in HQSamBackbone.HQ_PARAMETERS for n in names)
 
 
-class TestSystems:
-    def test_ssp_sam(self, tmp_path: Path) -> None:
-        checks.run_ssp_sam(TINY, tmp_path)
-
-    def test_sam_cp(self) -> None:
-        checks.run_sam_cp(TINY)
-
-    def test_sam_mi(self) -> None:
-        checks.run_sam_mi(TINY)
+class TestSystems(checks.SystemsChecks):
+    variant = TINY

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
-import torch.nn.functional as F
 from segment_anything import SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor
 
 from samkit.backbones._sam_build import PIXEL_MEAN, PIXEL_STD
@@ -96,11 +94,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, MobileSamBackbo
         for name, p in upstream.image_encoder.named_parameters():
             if name.endswith("attention_biases"):
                 p.normal_()
-        for name, b in upstream.image_encoder.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
+    checks.perturb_batchnorm_statistics(upstream.image_encoder)
     upstream.eval()  # caches the attention biases, as MobileSAM's users do after loading
     path = tmp_path_factory.mktemp("mobile") / "mobile_sam.pt"
     torch.save(upstream.state_dict(), path)
@@ -110,15 +104,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, MobileSamBackbo
 
 
 def _predictor(upstream: Any, image: Tensor) -> SamPredictor:
-    predictor = SamPredictor(upstream)
-    size = ResizeLongestSide.get_preprocess_shape(image.shape[-2], image.shape[-1], 1024)
-    resized = F.interpolate(image * 255, size, mode="bilinear", align_corners=False, antialias=True)
-    predictor.set_torch_image(resized, tuple(image.shape[-2:]))
-    return predictor
-
-
-def _max_diff(a: Tensor, b: Tensor) -> float:
-    return float((a.detach() - b.detach()).abs().max())
+    return checks.set_resized_image(SamPredictor(upstream), image, 1024)
 
 
 class TestBuild:
@@ -143,12 +129,7 @@ class TestBuild:
         assert sum(p.numel() for n, p in encoder if "head" not in n) < 5_800_000
 
     def test_checkpoint_mismatch_is_refused(self, tmp_path: Path) -> None:
-        sd = build_mobile_sam_backbone(TINY).state_dict()
-        sd["image_encoder.extra"] = torch.zeros(1)
-        path = tmp_path / "bad.pt"
-        torch.save(sd, path)
-        with pytest.raises(RuntimeError, match=r"unexpected keys.*image_encoder\.extra"):
-            build_sam_backbone(TINY, path)
+        checks.assert_checkpoint_mismatch_refused(TINY, tmp_path)
         with pytest.raises(ValueError, match="MobileSAM"):
             build_sam_backbone("mobile_sam_v2")
 
@@ -159,43 +140,17 @@ class TestBuild:
 class TestEquivalence:
     """samkit's pipeline equals segment_anything's `SamPredictor.predict_torch` on MobileSAM."""
 
-    TOL = 1e-5
-
-    def _compare(self, pred: Any, ref: tuple[Tensor, Tensor, Tensor], i: int, name: str) -> None:
-        for key, a, b in (
-            ("logits", pred.logits[i], ref[0]),
-            ("iou", pred.iou_scores[i], ref[1]),
-            ("low_res", pred.low_res_logits[i], ref[2]),
-        ):
-            diff = _max_diff(a, b)
-            assert diff <= self.TOL, f"{name} {key}: max |diff| {diff:.2e}"
-
     def test_one_image(self, pair: tuple[Any, MobileSamBackbone]) -> None:
         upstream, ours = pair
         torch.manual_seed(1)
         image = torch.rand(1, 3, *ORIG)
         predictor = _predictor(upstream, image)
         emb = ours.encode(image)
-        assert _max_diff(emb.embeddings, predictor.features) <= self.TOL
+        assert checks.max_diff(emb.embeddings, predictor.features) <= checks.TOL
         points = ours.transform_coords(torch.tensor([[[[20.0, 30.0], [50.0, 10.0]]]]), ORIG)
         labels = torch.tensor([[[1.0, 0.0]]])
         box = ours.transform_boxes(torch.tensor([[[4.0, 6.0, 50.0, 40.0]]]), ORIG)
-        cases = {
-            "point, multimask": (points[:, :, :1], labels[:, :, :1], None, True),
-            "two points, single": (points, labels, None, False),
-            "box, single": (None, None, box, False),
-            "point + box, multimask": (points[:, :, :1], labels[:, :, :1], box, True),
-        }
-        for name, (p, lab, b, multi) in cases.items():
-            ref = predictor.predict_torch(
-                None if p is None else p[0],
-                None if lab is None else lab[0],
-                None if b is None else b[0],
-                multimask_output=multi,
-                return_logits=True,
-            )
-            pred = ours.predict(emb, Prompts(points=p, labels=lab, boxes=b), multimask=multi)
-            self._compare(pred, ref, 0, name)
+        checks.assert_prompt_cases_match(ours, emb, predictor, points, labels, box)
 
     def test_batch_of_images(self, pair: tuple[Any, MobileSamBackbone]) -> None:
         upstream, ours = pair
@@ -210,7 +165,7 @@ class TestEquivalence:
             ref = _predictor(upstream, images[i : i + 1]).predict_torch(
                 points[i], labels[i], multimask_output=True, return_logits=True
             )
-            self._compare(pred, ref, i, f"image {i}")
+            checks.assert_matches_predictor(pred, ref, i, f"image {i}")
 
 
 class TestBehaviour:
@@ -222,17 +177,14 @@ class TestBehaviour:
 
     def test_gradients_reach_the_decoder(self) -> None:
         sam = build_mobile_sam_backbone(TINY)
-        got = checks.decoder_gradients(sam)
-        missing = [n for n, ok in got.items() if not ok]
-        assert not missing, missing
+        checks.assert_decoder_gets_gradients(sam)
 
 
-class TestSystems:
-    def test_ssp_sam(self, tmp_path: Path) -> None:
-        checks.run_ssp_sam(TINY, tmp_path)
-
-    def test_sam_cp(self) -> None:
-        checks.run_sam_cp(TINY)
-
-    def test_sam_mi(self) -> None:
-        checks.run_sam_mi(TINY, prompting="grid", grid=2, use_smagg=False)
+class TestSystems(checks.SystemsChecks):
+    variant = TINY
+    # a 64x64 grid with D = 256 is slow to decode on the CPU: a 2x2 prompt grid
+    sam_mi_overrides: ClassVar[dict[str, object]] = {
+        "prompting": "grid",
+        "grid": 2,
+        "use_smagg": False,
+    }

@@ -328,12 +328,5 @@ class TestBehaviour:
         assert not sam.no_mem_embed.requires_grad
 
 
-class TestSystems:
-    def test_ssp_sam(self, tmp_path: Path) -> None:
-        checks.run_ssp_sam(TINY, tmp_path)
-
-    def test_sam_cp(self) -> None:
-        checks.run_sam_cp(TINY)
-
-    def test_sam_mi(self) -> None:
-        checks.run_sam_mi(TINY)
+class TestSystems(checks.SystemsChecks):
+    variant = TINY
