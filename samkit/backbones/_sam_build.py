@@ -142,25 +142,54 @@ def build_sam_parts(spec: SamVariantSpec) -> tuple[ImageEncoderViT, PromptEncode
         window_size=spec.window_size,
         out_chans=spec.prompt_dim,
     )
-    prompt_encoder = PromptEncoder(
-        embed_dim=spec.prompt_dim,
-        image_embedding_size=(grid, grid),
-        input_image_size=(spec.img_size, spec.img_size),
+    prompt_encoder, mask_decoder = build_prompt_path(
+        prompt_dim=spec.prompt_dim,
+        grid=grid,
+        img_size=spec.img_size,
         mask_in_chans=spec.mask_in_chans,
+        decoder_depth=spec.decoder_depth,
+        decoder_mlp_dim=spec.decoder_mlp_dim,
+        decoder_num_heads=spec.decoder_num_heads,
+        iou_head_hidden_dim=spec.iou_head_hidden_dim,
+    )
+    return image_encoder, prompt_encoder, mask_decoder
+
+
+def build_prompt_path(
+    *,
+    prompt_dim: int,
+    grid: int,
+    img_size: int,
+    mask_in_chans: int,
+    decoder_mlp_dim: int,
+    decoder_num_heads: int,
+    iou_head_hidden_dim: int,
+    decoder_depth: int = 2,
+) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's `PromptEncoder` and `MaskDecoder`, wired as `segment_anything._build_sam` does.
+
+    Three multimask outputs and a 3-layer IoU head; the families that keep SAM's prompt path
+    (MobileSAM, EfficientViT-SAM) build theirs with it too.
+    """
+    prompt_encoder = PromptEncoder(
+        embed_dim=prompt_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(img_size, img_size),
+        mask_in_chans=mask_in_chans,
     )
     mask_decoder = MaskDecoder(
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(
-            depth=spec.decoder_depth,
-            embedding_dim=spec.prompt_dim,
-            mlp_dim=spec.decoder_mlp_dim,
-            num_heads=spec.decoder_num_heads,
+            depth=decoder_depth,
+            embedding_dim=prompt_dim,
+            mlp_dim=decoder_mlp_dim,
+            num_heads=decoder_num_heads,
         ),
-        transformer_dim=spec.prompt_dim,
+        transformer_dim=prompt_dim,
         iou_head_depth=3,
-        iou_head_hidden_dim=spec.iou_head_hidden_dim,
+        iou_head_hidden_dim=iou_head_hidden_dim,
     )
-    return image_encoder, prompt_encoder, mask_decoder
+    return prompt_encoder, mask_decoder
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -36,12 +36,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import Tensor, nn
 
 from samkit._checks import check_shape
 from samkit.backbones._optional import import_optional
-from samkit.backbones._sam_build import PIXEL_MEAN, PIXEL_STD
+from samkit.backbones._sam_build import PIXEL_MEAN, PIXEL_STD, build_prompt_path
 from samkit.backbones.sam import SamBackbone, _compute_dtype, _letterbox
 from samkit.types import ImageEmbedding
 
@@ -312,26 +312,19 @@ def build_efficientvit_sam_backbone(
             f"expected one of {sorted(EFFICIENTVIT_SAM_VARIANTS)}"
         )
     norm = import_efficientvit_module("models.nn.norm")
+    prompt_encoder, mask_decoder = build_prompt_path(
+        prompt_dim=PROMPT_DIM,
+        grid=GRID,
+        img_size=PROMPT_SIZE,
+        mask_in_chans=spec.mask_in_chans,
+        decoder_mlp_dim=spec.decoder_mlp_dim,
+        decoder_num_heads=spec.decoder_num_heads,
+        iou_head_hidden_dim=spec.iou_head_hidden_dim,
+    )
     sam = EfficientVitSamBackbone(
         image_encoder=build_efficientvit_encoder(spec),
-        prompt_encoder=PromptEncoder(
-            embed_dim=PROMPT_DIM,
-            image_embedding_size=(GRID, GRID),
-            input_image_size=(PROMPT_SIZE, PROMPT_SIZE),
-            mask_in_chans=spec.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2,
-                embedding_dim=PROMPT_DIM,
-                mlp_dim=spec.decoder_mlp_dim,
-                num_heads=spec.decoder_num_heads,
-            ),
-            transformer_dim=PROMPT_DIM,
-            iou_head_depth=3,
-            iou_head_hidden_dim=spec.iou_head_hidden_dim,
-        ),
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
         encoder_size=spec.encoder_size,
     )
     norm.set_norm_eps(sam, NORM_EPS)  # as create_efficientvit_sam_model, decoder included

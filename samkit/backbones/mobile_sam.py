@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
 from samkit._checks import check_shape
+from samkit.backbones._sam_build import build_prompt_path
 from samkit.backbones.sam import SamBackbone, _compute_dtype
 from samkit.types import ImageEmbedding
 
@@ -194,27 +194,19 @@ def build_mobile_sam_backbone(
         raise ValueError(
             f"unknown MobileSAM variant {variant!r}; expected one of {sorted(MOBILE_SAM_VARIANTS)}"
         )
-    grid = IMG_SIZE // 16
+    prompt_encoder, mask_decoder = build_prompt_path(
+        prompt_dim=PROMPT_DIM,
+        grid=IMG_SIZE // 16,
+        img_size=IMG_SIZE,
+        mask_in_chans=spec.mask_in_chans,
+        decoder_mlp_dim=spec.decoder_mlp_dim,
+        decoder_num_heads=spec.decoder_num_heads,
+        iou_head_hidden_dim=spec.iou_head_hidden_dim,
+    )
     sam = MobileSamBackbone(
         image_encoder=build_tiny_vit(spec),  # type: ignore[arg-type]
-        prompt_encoder=PromptEncoder(
-            embed_dim=PROMPT_DIM,
-            image_embedding_size=(grid, grid),
-            input_image_size=(IMG_SIZE, IMG_SIZE),
-            mask_in_chans=spec.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2,
-                embedding_dim=PROMPT_DIM,
-                mlp_dim=spec.decoder_mlp_dim,
-                num_heads=spec.decoder_num_heads,
-            ),
-            transformer_dim=PROMPT_DIM,
-            iou_head_depth=3,
-            iou_head_hidden_dim=spec.iou_head_hidden_dim,
-        ),
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
     )
     if checkpoint is not None:
         sam.load_checkpoint(checkpoint)
