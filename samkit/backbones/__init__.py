@@ -15,7 +15,12 @@ if TYPE_CHECKING:
         EfficientVitSamVariantSpec,
         build_efficientvit_sam_backbone,
     )
-    from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone
+    from samkit.backbones.hq_sam import (
+        HQ_SAM_VARIANTS,
+        HQSamBackbone,
+        LightHQSamBackbone,
+        build_hq_sam_backbone,
+    )
     from samkit.backbones.mobile_sam import (
         MOBILE_SAM_VARIANTS,
         MobileSamBackbone,
@@ -44,6 +49,7 @@ __all__ = [
     "EfficientVitSamVariantSpec",
     "HQSamBackbone",
     "HQ_SAM_VARIANTS",
+    "LightHQSamBackbone",
     "MOBILE_SAM_VARIANTS",
     "MobileSamBackbone",
     "MobileSamVariantSpec",
@@ -83,6 +89,7 @@ if not TYPE_CHECKING:
             "hq_sam": [
                 "HQ_SAM_VARIANTS",
                 "HQSamBackbone",
+                "LightHQSamBackbone",
                 "build_hq_sam_backbone",
             ],
             "mobile_sam": [

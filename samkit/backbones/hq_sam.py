@@ -18,6 +18,10 @@ HQ-SAM's behaviours followed here (as `segment_anything_hq.SamPredictor`):
 * With `multimask=True` HQ-SAM still returns **one** mask per prompt (`M = 1`): the SAM
   multimask output with the highest predicted IoU (plus the HQ mask), with that IoU.
 * The IoU prediction is SAM's (the HQ token has none).
+
+Light HQ-SAM (`hq_vit_tiny`, the official `sam_hq_vit_tiny.pth`) is MobileSAM's TinyViT with
+HQ-SAM's decoder: `LightHQSamBackbone` fuses the output of TinyViT's second stage (160 channels
+on the 64x64 grid) where HQ-SAM fuses a ViT block's.
 """
 
 # b - images in a batch (B)
@@ -39,23 +43,40 @@ from torch import Tensor, nn
 
 from samkit._checks import as_float, check_shape
 from samkit.backbones._optional import import_optional
-from samkit.backbones._sam_build import SAM_VARIANTS, SamVariantSpec, build_sam_parts
+from samkit.backbones._sam_build import (
+    SAM_VARIANTS,
+    SamVariantSpec,
+    build_sam_parts,
+)
+from samkit.backbones.mobile_sam import (
+    IMG_SIZE,
+    MOBILE_SAM_VARIANTS,
+    PROMPT_DIM,
+    MobileSamVariantSpec,
+    build_tiny_vit,
+    encode_tiny_vit,
+)
 from samkit.backbones.sam import SamBackbone
 from samkit.types import ImageEmbedding, MaskPrediction
 
-__all__ = ["HQ_SAM_VARIANTS", "HQSamBackbone", "build_hq_sam_backbone"]
+__all__ = ["HQ_SAM_VARIANTS", "HQSamBackbone", "LightHQSamBackbone", "build_hq_sam_backbone"]
 
 EXTRA = "hq"
 INSTALL_HINT = "Or by hand (it has no torch pin to keep): pip install --no-deps segment-anything-hq"
 
-HQ_SAM_VARIANTS: dict[str, SamVariantSpec] = {
+HQ_SAM_VARIANTS: dict[str, SamVariantSpec | MobileSamVariantSpec] = {
     "hq_vit_b": SAM_VARIANTS["vit_b"],
     "hq_vit_l": SAM_VARIANTS["vit_l"],
     "hq_vit_h": SAM_VARIANTS["vit_h"],
+    # Light HQ-SAM: MobileSAM's TinyViT with the HQ decoder (segment_anything_hq's vit_tiny)
+    "hq_vit_tiny": MOBILE_SAM_VARIANTS["mobile_sam"],
     # Random weights for tests: SAM's `tiny` (128 px, 16x16 grid, ViT width 32, D = 32).
     "hq-tiny-random": SAM_VARIANTS["tiny"],
+    # Random weights for tests: Light HQ-SAM on `mobile_sam-tiny-random`'s TinyViT.
+    "hq_vit_tiny-tiny-random": MOBILE_SAM_VARIANTS["mobile_sam-tiny-random"],
 }
-"""HQ-SAM presets: the official `sam_hq_vit_{b,l,h}.pth` architectures, plus `hq-tiny-random`."""
+"""HQ-SAM presets: the official `sam_hq_vit_{b,l,h,tiny}.pth` architectures (`hq_vit_tiny` is
+Light HQ-SAM, a `MobileSamVariantSpec`), plus `hq-tiny-random` and `hq_vit_tiny-tiny-random`."""
 
 
 def import_hq_module(
@@ -77,20 +98,29 @@ def import_hq_module(
         )
 
 
-def build_mask_decoder_hq(spec: SamVariantSpec, *, vit_dim: int) -> nn.Module:
-    """HQ-SAM's `MaskDecoderHQ` for `spec`, as `segment_anything_hq.build_sam._build_sam`."""
+def build_mask_decoder_hq(
+    spec: SamVariantSpec | MobileSamVariantSpec, *, vit_dim: int
+) -> nn.Module:
+    """HQ-SAM's `MaskDecoderHQ` for `spec`, as `segment_anything_hq.build_sam`'s builders.
+
+    A `MobileSamVariantSpec` (Light HQ-SAM) has MobileSAM's 2-block, 256-wide decoder.
+    """
     hq = import_hq_module("modeling.mask_decoder_hq")
     from segment_anything.modeling import TwoWayTransformer
 
+    if isinstance(spec, MobileSamVariantSpec):
+        depth, width = 2, PROMPT_DIM
+    else:
+        depth, width = spec.decoder_depth, spec.prompt_dim
     return hq.MaskDecoderHQ(  # type: ignore[no-any-return]
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(
-            depth=spec.decoder_depth,
-            embedding_dim=spec.prompt_dim,
+            depth=depth,
+            embedding_dim=width,
             mlp_dim=spec.decoder_mlp_dim,
             num_heads=spec.decoder_num_heads,
         ),
-        transformer_dim=spec.prompt_dim,
+        transformer_dim=width,
         iou_head_depth=3,
         iou_head_hidden_dim=spec.iou_head_hidden_dim,
         vit_dim=vit_dim,
@@ -324,8 +354,67 @@ class HQSamBackbone(SamBackbone):
         return self._mask_prediction(embedding, low_res, iou, tokens, upsample=upsample)
 
 
+class LightHQSamBackbone(HQSamBackbone):
+    """Light HQ-SAM: MobileSAM's TinyViT, SAM's prompt encoder and HQ-SAM's mask decoder.
+
+    An `HQSamBackbone` whose `encode` runs TinyViT (as `MobileSamBackbone`, 1024 px input,
+    64x64 grid, `D = 256`) and keeps the output of its second stage as the early feature
+    (`intermediates[0] (B, C, 64, 64)`, `C` = the third stage width, 160 for `hq_vit_tiny`).
+    The official `sam_hq_vit_tiny.pth` loads strictly. Numerically it equals
+    `segment_anything_hq.SamPredictor` on the same model (`tests/backbones/test_hq_sam.py`).
+
+    Examples:
+        >>> sam = build_hq_sam_backbone("hq_vit_tiny-tiny-random")
+        >>> emb = sam.encode(torch.rand(1, 3, 48, 64))
+        >>> emb.embeddings.shape, emb.intermediates[0].shape
+        (torch.Size([1, 256, 64, 64]), torch.Size([1, 16, 64, 64]))
+    """
+
+    def __init__(
+        self,
+        *,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        hq_token_only: bool = False,
+    ) -> None:
+        """Wrap already built components.
+
+        Args:
+            image_encoder: segment_anything_hq's `TinyViT`.
+            prompt_encoder: segment_anything's `PromptEncoder`.
+            mask_decoder: segment_anything_hq's `MaskDecoderHQ` (its `vit_dim` equal to TinyViT's
+                third stage width).
+            hq_token_only: Return the HQ mask alone instead of SAM mask + HQ mask.
+        """
+        # SamBackbone's initialiser: TinyViT has no ViT blocks for HQSamBackbone's early_block
+        SamBackbone.__init__(
+            self,
+            image_encoder=image_encoder,  # type: ignore[arg-type]
+            prompt_encoder=prompt_encoder,  # type: ignore[arg-type]
+            mask_decoder=mask_decoder,  # type: ignore[arg-type]
+        )
+        self.hq_token_only = hq_token_only
+
+    def encode(self, images: Tensor, *, intermediates: Sequence[int] = ()) -> ImageEmbedding:
+        """Embed images with TinyViT; `intermediates[0]` is the early feature HQ-SAM fuses.
+
+        Args:
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8.
+            intermediates: Must be empty (TinyViT has no ViT blocks to tap).
+
+        Returns:
+            `ImageEmbedding` with `embeddings (B, 256, 64, 64)` and `intermediates`: TinyViT's
+            second stage output `(B, C, 64, 64)`.
+
+        Raises:
+            ValueError: If `images` is not a valid image batch or `intermediates` is given.
+        """
+        return encode_tiny_vit(self, images, intermediates, keep_early=True)
+
+
 def build_hq_sam_backbone(
-    variant: str | SamVariantSpec = "hq_vit_b",
+    variant: str | SamVariantSpec | MobileSamVariantSpec = "hq_vit_b",
     checkpoint: str | os.PathLike[str] | None = None,
     *,
     hq_token_only: bool = False,
@@ -334,11 +423,13 @@ def build_hq_sam_backbone(
 
     Variants: `hq_vit_b`, `hq_vit_l`, `hq_vit_h` (the architectures of the official
     `sam_hq_vit_{b,l,h}.pth`), `hq-tiny-random` (SAM's `tiny` sizes, for tests), or any
-    `SamVariantSpec` (its first global-attention block is the early feature). Needs the `hq`
-    extra.
+    `SamVariantSpec` (its first global-attention block is the early feature); Light HQ-SAM
+    `hq_vit_tiny` (`sam_hq_vit_tiny.pth`: MobileSAM's TinyViT, a `LightHQSamBackbone`),
+    `hq_vit_tiny-tiny-random` (for tests) or any `MobileSamVariantSpec`. Needs the `hq` extra.
 
     Args:
-        variant: A name from `HQ_SAM_VARIANTS` or a `SamVariantSpec`.
+        variant: A name from `HQ_SAM_VARIANTS`, a `SamVariantSpec` or a
+            `MobileSamVariantSpec` (Light HQ-SAM).
         checkpoint: A local HQ-SAM checkpoint (a state dict with `image_encoder.*`,
             `prompt_encoder.*` and `mask_decoder.*`, HQ parameters included), read with
             `weights_only=True` and loaded strictly (upstream loads with `strict=False`).
@@ -358,7 +449,7 @@ def build_hq_sam_backbone(
         >>> sam.img_size, sam.prompt_dim, sam.early_block
         (128, 32, 1)
     """
-    if isinstance(variant, SamVariantSpec):
+    if isinstance(variant, SamVariantSpec | MobileSamVariantSpec):
         spec = variant
     elif variant in HQ_SAM_VARIANTS:
         spec = HQ_SAM_VARIANTS[variant]
@@ -366,6 +457,8 @@ def build_hq_sam_backbone(
         raise ValueError(
             f"unknown HQ-SAM variant {variant!r}; expected one of {sorted(HQ_SAM_VARIANTS)}"
         )
+    if isinstance(spec, MobileSamVariantSpec):
+        return _build_light_hq_sam(spec, checkpoint, hq_token_only=hq_token_only)
     if not spec.encoder_global_attn_indexes:
         raise ValueError("variant: HQ-SAM fuses a global-attention block; the spec has none")
     mask_decoder = build_mask_decoder_hq(spec, vit_dim=spec.encoder_embed_dim)
@@ -380,3 +473,29 @@ def build_hq_sam_backbone(
     if checkpoint is not None:
         sam.load_checkpoint(checkpoint)
     return sam.eval()
+
+
+def _build_light_hq_sam(
+    spec: MobileSamVariantSpec,
+    checkpoint: str | os.PathLike[str] | None,
+    *,
+    hq_token_only: bool,
+) -> LightHQSamBackbone:
+    """Light HQ-SAM, as `segment_anything_hq.build_sam.build_sam_vit_t`."""
+    from segment_anything.modeling import PromptEncoder
+
+    grid = IMG_SIZE // 16
+    sam = LightHQSamBackbone(
+        image_encoder=build_tiny_vit(spec),
+        prompt_encoder=PromptEncoder(
+            embed_dim=PROMPT_DIM,
+            image_embedding_size=(grid, grid),
+            input_image_size=(IMG_SIZE, IMG_SIZE),
+            mask_in_chans=spec.mask_in_chans,
+        ),
+        mask_decoder=build_mask_decoder_hq(spec, vit_dim=spec.embed_dims[2]),
+        hq_token_only=hq_token_only,
+    )
+    if checkpoint is not None:
+        sam.load_checkpoint(checkpoint)
+    return sam.eval()  # also refreshes TinyViT's cached attention biases

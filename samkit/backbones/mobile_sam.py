@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from einops import rearrange
 from torch import Tensor, nn
 
 from samkit._checks import check_shape
@@ -110,6 +111,38 @@ def build_tiny_vit(spec: MobileSamVariantSpec) -> nn.Module:
     )
 
 
+def encode_tiny_vit(
+    sam: SamBackbone, images: Tensor, intermediates: Sequence[int], *, keep_early: bool
+) -> ImageEmbedding:
+    """`encode` with segment_anything_hq's TinyViT, which returns `(features, [early])`.
+
+    Args:
+        sam: A backbone whose `image_encoder` is that TinyViT.
+        images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
+        intermediates: Must be empty (TinyViT has no ViT blocks to tap).
+        keep_early: Keep the early feature, the output of TinyViT's second stage, as
+            `intermediates[0] (B, C, 64, 64)` (what Light HQ-SAM fuses).
+
+    Raises:
+        ValueError: If `images` is not a valid image batch or `intermediates` is given.
+    """
+    if intermediates:
+        raise ValueError("intermediates: TinyViT has no ViT blocks to tap")
+    sizes = check_shape(images, "B 3 H W", name="images")
+    x, input_size = sam.preprocess(images)
+    original = (sizes["H"], sizes["W"])
+    weight = sam.image_encoder.patch_embed.seq[0].c.weight
+    h, w = sam.embedding_size
+    if sizes["B"] == 0:
+        width = int(sam.image_encoder.layers[2].dim)  # the early feature's channels
+        early = [weight.new_zeros(0, width, h, w)] if keep_early else []
+        emb = weight.new_zeros(0, sam.prompt_dim, h, w)
+        return ImageEmbedding(emb, input_size, original, intermediates=early)
+    out, interm = sam.image_encoder(x.to(_compute_dtype(x, weight)))
+    early = [rearrange(interm[0], "b h w c -> b c h w")] if keep_early else []
+    return ImageEmbedding(out, input_size, original, intermediates=early)
+
+
 class MobileSamBackbone(SamBackbone):
     """MobileSAM: TinyViT image encoder, SAM's prompt encoder and mask decoder, batched.
 
@@ -145,17 +178,7 @@ class MobileSamBackbone(SamBackbone):
         Raises:
             ValueError: If `images` is not a valid image batch or `intermediates` is given.
         """
-        if intermediates:
-            raise ValueError("intermediates: MobileSAM's TinyViT has no ViT blocks to tap")
-        sizes = check_shape(images, "B 3 H W", name="images")
-        x, input_size = self.preprocess(images)
-        original = (sizes["H"], sizes["W"])
-        weight = self.image_encoder.patch_embed.seq[0].c.weight
-        if sizes["B"] == 0:
-            h, w = self.embedding_size
-            return ImageEmbedding(weight.new_zeros(0, self.prompt_dim, h, w), input_size, original)
-        out, _ = self.image_encoder(x.to(_compute_dtype(x, weight)))
-        return ImageEmbedding(embeddings=out, input_size=input_size, original_size=original)
+        return encode_tiny_vit(self, images, intermediates, keep_early=False)
 
 
 def build_mobile_sam_backbone(

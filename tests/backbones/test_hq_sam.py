@@ -27,10 +27,18 @@ with warnings.catch_warnings():  # timm's notes about the TinyViT names the pack
         Sam,
         TwoWayTransformer,
     )
+    from segment_anything_hq.modeling.tiny_vit_sam import TinyViT
 
-from samkit.backbones.hq_sam import HQ_SAM_VARIANTS, HQSamBackbone, build_hq_sam_backbone  # noqa: E402
+from samkit.backbones.hq_sam import (  # noqa: E402
+    HQ_SAM_VARIANTS,
+    HQSamBackbone,
+    LightHQSamBackbone,
+    build_hq_sam_backbone,
+)
+from samkit.backbones.mobile_sam import MOBILE_SAM_VARIANTS  # noqa: E402
 
 TINY = "hq-tiny-random"
+LIGHT_TINY = "hq_vit_tiny-tiny-random"
 ORIG = (60, 100)
 
 
@@ -123,7 +131,14 @@ class TestBuild:
             build_sam_backbone(TINY, path)
 
     def test_variants_and_errors(self) -> None:
-        assert set(HQ_SAM_VARIANTS) == {"hq_vit_b", "hq_vit_l", "hq_vit_h", TINY}
+        assert set(HQ_SAM_VARIANTS) == {
+            "hq_vit_b",
+            "hq_vit_l",
+            "hq_vit_h",
+            "hq_vit_tiny",
+            TINY,
+            LIGHT_TINY,
+        }
         with pytest.raises(ValueError, match="HQ-SAM"):
             build_sam_backbone("hq_vit_x")
 
@@ -249,3 +264,116 @@ class TestBehaviour:
 
 class TestSystems(checks.SystemsChecks):
     variant = TINY
+
+
+def _upstream_light_tiny() -> Any:
+    """segment_anything_hq's Light HQ-SAM, wired as its `build_sam_vit_t`, on the TinyViT of
+    `mobile_sam-tiny-random`."""
+    spec = MOBILE_SAM_VARIANTS["mobile_sam-tiny-random"]
+    return Sam(
+        image_encoder=TinyViT(
+            img_size=1024,
+            in_chans=3,
+            num_classes=1000,
+            embed_dims=list(spec.embed_dims),
+            depths=list(spec.depths),
+            num_heads=list(spec.num_heads),
+            window_sizes=list(spec.window_sizes),
+            mlp_ratio=spec.mlp_ratio,
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+            use_checkpoint=False,
+            mbconv_expand_ratio=4.0,
+            local_conv_size=3,
+            layer_lr_decay=0.8,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(64, 64),
+            input_image_size=(1024, 1024),
+            mask_in_chans=spec.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoderHQ(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=256,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_num_heads,
+            ),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.iou_head_hidden_dim,
+            vit_dim=spec.embed_dims[2],
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+
+
+class TestLightHQSam:
+    """Light HQ-SAM (`hq_vit_tiny`): TinyViT + HQ decoder, against segment_anything_hq."""
+
+    def test_official_layout_matches_sam_model_registry(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            upstream = sam_model_registry["vit_tiny"]()
+        ours = build_hq_sam_backbone("hq_vit_tiny")
+        assert isinstance(ours, LightHQSamBackbone)
+        want = {k: tuple(v.shape) for k, v in upstream.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+        assert got == want
+
+    def test_equals_the_predictor(self, tmp_path: Path) -> None:
+        """Encoder (features and the fused early feature) at 1e-5 and decoder, end to end
+        through the checkpoint file, for point, box and point + box prompts, with and without
+        multimask, SAM + HQ mask and HQ mask alone, at 1e-5 relative to the logits' magnitude
+        (measured 6e-5 at logits of ~110 with the predictor fed samkit's own features)."""
+        torch.manual_seed(0)
+        upstream = _upstream_light_tiny()
+        with torch.no_grad():
+            for name, p in upstream.image_encoder.named_parameters():
+                if name.endswith("attention_biases"):
+                    p.normal_()
+            for p in upstream.mask_decoder.hf_mlp.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        checks.perturb_batchnorm_statistics(upstream.image_encoder)
+        upstream.eval()
+        path = tmp_path / "sam_hq_vit_tiny.pth"
+        torch.save(upstream.state_dict(), path)
+        ours = build_sam_backbone(LIGHT_TINY, path)
+        assert isinstance(ours, LightHQSamBackbone)
+        orig = (48, 64)
+        image = torch.rand(1, 3, *orig)
+        predictor = checks.set_resized_image(SamPredictor(upstream), image, 1024)
+        emb = ours.encode(image)
+        assert checks.max_diff(emb.embeddings, predictor.features) <= checks.TOL
+        early = predictor.interm_features[0].permute(0, 3, 1, 2)
+        assert checks.max_diff(emb.intermediates[0], early) <= checks.TOL
+        points = ours.transform_coords(torch.tensor([[[[20.0, 30.0], [50.0, 10.0]]]]), orig)
+        labels = torch.tensor([[[1.0, 0.0]]])
+        box = ours.transform_boxes(torch.tensor([[[4.0, 6.0, 50.0, 40.0]]]), orig)
+        # the HQ logits reach ~100 here, so float32 rounding alone is ~1e-5: relative tolerance
+        checks.assert_prompt_cases_match(ours, emb, predictor, points, labels, box, relative=True)
+        ours.hq_token_only = True
+        ref = predictor.predict_torch(
+            points[0, :, :1],
+            labels[0, :, :1],
+            box[0],
+            multimask_output=False,
+            return_logits=True,
+            hq_token_only=True,
+        )
+        prompts = Prompts(points=points[:, :, :1], labels=labels[:, :, :1], boxes=box)
+        pred = ours.predict(emb, prompts)
+        checks.assert_matches_predictor(pred, ref, 0, "hq_token_only", relative=True)
+
+    def test_empty_batch_and_gradients(self) -> None:
+        sam = build_hq_sam_backbone(LIGHT_TINY)
+        emb = sam.encode(torch.zeros(0, 3, 16, 16))
+        assert emb.intermediates[0].shape == (0, 16, 64, 64)
+        got = checks.decoder_gradients(sam)
+        assert {n.split(".")[0] for n in got} >= set(HQSamBackbone.HQ_PARAMETERS)
+        ambiguity = tuple(f"output_hypernetworks_mlps.{i}." for i in (1, 2, 3))
+        missing = [n for n, ok in got.items() if not ok and not n.startswith(ambiguity)]
+        assert not missing, missing
