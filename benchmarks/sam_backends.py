@@ -1,8 +1,9 @@
 """Encode and decode time of each SAM family's random-weight test preset, on the CPU.
 
 For every family whose upstream package is installed (SAM itself; SAM 2 with `samkit[sam2]`;
-HQ-SAM and MobileSAM with `samkit[hq]`), on its test preset (`tiny`, `sam2-tiny-random`,
-`hq-tiny-random`, `mobile_sam-tiny-random`): one 96x128 image is encoded (`encode`), then 41
+HQ-SAM and MobileSAM with `samkit[hq]`; EfficientViT-SAM with `samkit[efficientvit]`), on its
+test preset (`tiny`, `sam2-tiny-random`, `hq-tiny-random`, `mobile_sam-tiny-random`,
+`efficientvit_sam-tiny-random`): one 96x128 image is encoded (`encode`), then 41
 single-point prompts on it are decoded in one batch (`predict_points`, multimask, no
 upsampling; 41 is the sparse point count of SAM-MI's benchmark). Each timing is the median of
 `--runs` (default 7) runs after one warm-up run, under `torch.inference_mode`, with
@@ -11,8 +12,9 @@ warm state cannot speed up or slow down the next). Random weights: the cost does
 their values.
 
 These presets are for tests, not comparable models: their input size, embedding grid and width
-differ (MobileSAM's TinyViT fixes 1024 px, a 64x64 grid and D = 256 even at random weights),
-so the numbers show what a test or CPU example costs per family, not how the real models rank.
+differ (MobileSAM's TinyViT and EfficientViT-SAM's neck fix a 64x64 grid and D = 256 even at
+random weights), so the numbers show what a test or CPU example costs per family, not how the
+real models rank.
 
     python benchmarks/sam_backends.py            # writes benchmarks/results/sam_backends.json
 """
@@ -40,6 +42,7 @@ FAMILIES: dict[str, tuple[str, str | None]] = {
     "SAM 2": ("sam2-tiny-random", "sam2"),
     "HQ-SAM": ("hq-tiny-random", "segment_anything_hq"),
     "MobileSAM": ("mobile_sam-tiny-random", "segment_anything_hq"),
+    "EfficientViT-SAM": ("efficientvit_sam-tiny-random", "efficientsam"),
 }
 NUM_POINTS = 41
 
@@ -78,6 +81,7 @@ def bench_family(preset: str, runs: int, threads: int) -> dict[str, Any]:
         "preset": preset,
         "backbone": type(sam).__name__,
         "input_size": sam.img_size,
+        "encoder_input_size": getattr(sam, "encoder_size", sam.img_size),
         "embedding": [sam.prompt_dim, *sam.embedding_size],
         "low_res_masks": list(pred.low_res_logits.shape),
         "parameters": sum(p.numel() for p in sam.parameters()),
@@ -119,7 +123,7 @@ def main() -> None:
             row = pool.apply(bench_family, (preset, args.runs, args.threads))
         report["families"][family] = row
         print(
-            f"{family:10s} {preset:24s} encode {row['encode_s'] * 1e3:8.1f} ms   "
+            f"{family:16s} {preset:28s} encode {row['encode_s'] * 1e3:8.1f} ms   "
             f"decode {NUM_POINTS} points {row['decode_41_points_s'] * 1e3:8.1f} ms"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
