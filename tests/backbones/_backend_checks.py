@@ -100,6 +100,27 @@ def assert_prompt_cases_match(
             assert_matches_predictor(pred, ref, 0, name_m, relative=relative)
 
 
+def upstream_tiny_vit(cls: Any, spec: Any) -> nn.Module:
+    """A reference TinyViT (`cls`, segment_anything_hq's or a subclass) with the arguments of
+    MobileSAM's `build_sam_vit_t` for the stage sizes of a `MobileSamVariantSpec`."""
+    return cls(  # type: ignore[no-any-return]
+        img_size=1024,
+        in_chans=3,
+        num_classes=1000,
+        embed_dims=list(spec.embed_dims),
+        depths=list(spec.depths),
+        num_heads=list(spec.num_heads),
+        window_sizes=list(spec.window_sizes),
+        mlp_ratio=spec.mlp_ratio,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+
+
 def perturb_batchnorm_statistics(module: nn.Module) -> None:
     """Give every BatchNorm non-trivial running statistics, so that loading them matters."""
     with torch.no_grad():

@@ -271,22 +271,7 @@ def _upstream_light_tiny() -> Any:
     `mobile_sam-tiny-random`."""
     spec = MOBILE_SAM_VARIANTS["mobile_sam-tiny-random"]
     return Sam(
-        image_encoder=TinyViT(
-            img_size=1024,
-            in_chans=3,
-            num_classes=1000,
-            embed_dims=list(spec.embed_dims),
-            depths=list(spec.depths),
-            num_heads=list(spec.num_heads),
-            window_sizes=list(spec.window_sizes),
-            mlp_ratio=spec.mlp_ratio,
-            drop_rate=0.0,
-            drop_path_rate=0.0,
-            use_checkpoint=False,
-            mbconv_expand_ratio=4.0,
-            local_conv_size=3,
-            layer_lr_decay=0.8,
-        ),
+        image_encoder=checks.upstream_tiny_vit(TinyViT, spec),
         prompt_encoder=PromptEncoder(
             embed_dim=256,
             image_embedding_size=(64, 64),
