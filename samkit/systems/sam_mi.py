@@ -296,7 +296,7 @@ class SAMMI(PretrainedModule):
         """SAM's image embeddings, `config.encoder_batch_size` images per encoder call.
 
         With `config.image_cache_size > 0` the embedding of each image is cached, keyed by
-        the image's content (`samkit._cache.image_keys`: BLAKE2b of its bytes, shape, dtype,
+        the image's content (`samkit._cache.image_keys`: SHA-256 of its bytes, shape, dtype,
         device), the call context (train/eval flags, inference and autocast modes) and SAM's
         weight state; see `docs/performance/caches.md`.
 

@@ -266,7 +266,7 @@ class SSPSAM(PretrainedModule):
         """SAM's image embeddings, `config.encoder_batch_size` images per encoder call.
 
         With `config.image_cache_size > 0` each image's embedding is cached, keyed by its
-        content (BLAKE2b of its bytes, shape, dtype, device), the call context and SAM's
+        content (SHA-256 of its bytes, shape, dtype, device), the call context and SAM's
         weight state (see `docs/performance/caches.md`); bypassed while gradients could flow.
 
         Args:
