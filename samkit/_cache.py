@@ -166,8 +166,16 @@ def _map(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     return value
 
 
-def _chunked(compute: Callable[[Tensor], V], index: Tensor, batch_size: int) -> V:
-    """`compute(index)` in chunks of `batch_size` rows (0: all at once), concatenated."""
+Rows = Tensor | slice
+"""Which rows `compute` gets: a long index `(n,)`, or a slice (a view, no copy) for a range."""
+
+
+def _chunked(compute: Callable[[Rows], V], index: Tensor | None, n: int, batch_size: int) -> V:
+    """The rows `index` (None: all `n`, as slices) in chunks of `batch_size` (0: one call)."""
+    if index is None:
+        if batch_size <= 0 or n <= batch_size:
+            return compute(slice(None))
+        return _cat([compute(slice(i, i + batch_size)) for i in range(0, n, batch_size)])  # type: ignore[no-any-return]
     if batch_size <= 0 or index.numel() <= batch_size:
         return compute(index)
     return _cat([compute(chunk) for chunk in index.split(batch_size)])  # type: ignore[no-any-return]
@@ -245,7 +253,7 @@ class EmbeddingCache:
         self,
         modules: Parts,
         keys: Sequence[Hashable],
-        compute: Callable[[Tensor], V],
+        compute: Callable[[Rows], V],
         *,
         batch_size: int = 0,
         inputs: Sequence[Tensor] = (),
@@ -259,8 +267,9 @@ class EmbeddingCache:
         Args:
             modules: The modules (and tensors) whose weights `compute` reads.
             keys: One key per row (e.g. `image_keys(images)` plus the encoder settings).
-            compute: Maps a long index `(n,)` of rows to their batched output (tensors with a
-                leading `n`, or dataclasses / lists of them; other fields are shared).
+            compute: Maps rows (a long index `(n,)`, or a slice when they are a range) to their
+                batched output (tensors with a leading `n`, or dataclasses / lists of them;
+                other fields are shared).
             batch_size: Rows per `compute` call (0: all at once).
             inputs: The input tensors; the cache is bypassed if one requires grad.
 
@@ -268,12 +277,11 @@ class EmbeddingCache:
             The output of all `len(keys)` rows, in order; fresh tensors (safe to modify).
         """
         n = len(keys)
-        everything = torch.arange(n)
         if n == 0:
-            return compute(everything)
+            return compute(slice(None))
         if self.maxsize == 0 or grad_could_flow(modules, *inputs):
             self._bypasses += n
-            return _chunked(compute, everything, batch_size)
+            return _chunked(compute, None, n, batch_size)
         self._sync(modules)
         ctx = _context(modules)
         found: dict[int, Any] = {}
@@ -292,7 +300,7 @@ class EmbeddingCache:
                 self._misses += 1
         if todo:
             first = torch.tensor([rows[0] for rows in todo.values()])
-            value = _chunked(compute, first, batch_size)
+            value = _chunked(compute, first, len(first), batch_size)
             for j, (entry, rows) in enumerate(todo.items()):
                 row = _map(_rows(value, torch.tensor([j])), lambda t: t.detach().clone())
                 self._store(entry, row)
@@ -305,7 +313,7 @@ class EmbeddingCache:
         modules: Parts,
         images: Tensor,
         settings: Hashable,
-        compute: Callable[[Tensor], V],
+        compute: Callable[[Rows], V],
         *,
         batch_size: int = 0,
     ) -> V:
@@ -318,7 +326,7 @@ class EmbeddingCache:
             images: The batch `(B, ...)` that `compute` indexes.
             settings: Everything besides the image and the weights that changes the output
                 (input size, taps, mode...).
-            compute: Maps a long index `(n,)` to the output of `images[index]`.
+            compute: Maps rows (a long index or a slice) to the output of `images[rows]`.
             batch_size: Images per `compute` call (0: all at once).
 
         Returns:
@@ -326,7 +334,7 @@ class EmbeddingCache:
         """
         if self.maxsize == 0 or grad_could_flow(modules, images):
             self._bypasses += images.shape[0]
-            return _chunked(compute, torch.arange(images.shape[0]), batch_size)
+            return _chunked(compute, None, images.shape[0], batch_size)
         keys = [(key, settings) for key in image_keys(images)]
         return self.rows(modules, keys, compute, batch_size=batch_size, inputs=(images,))
 

@@ -334,7 +334,7 @@ class SAMCP(PretrainedModule):
         for (h, w), idx in groups.items():
             crops = images[idx, :, :h, :w]
 
-            def compute(index: Tensor, crops: Tensor = crops) -> Tensor:
+            def compute(index: Tensor | slice, crops: Tensor = crops) -> Tensor:
                 return clip.dense_features(crops[index])
 
             feats = self._dense_cache.images(

@@ -289,7 +289,7 @@ class SSPSAM(PretrainedModule):
         """
         cfg = self.config
 
-        def compute(index: Tensor) -> ClipDenseOutput:
+        def compute(index: Tensor | slice) -> ClipDenseOutput:
             canvas = letterbox(images[index], size=cfg.clip_image_size, fill=self.clip.pixel_mean)
             return self.clip.encode_dense(canvas, mode="surgery", surgery_depth=cfg.surgery_depth)
 
