@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CacheInfo", "EmbeddingCache", "grad_could_flow", "image_keys"]
+__all__ = ["CacheInfo", "EmbeddingCache", "check_size", "grad_could_flow", "image_keys"]
 
 V = TypeVar("V")
 
@@ -90,6 +90,17 @@ def grad_could_flow(parts: Parts, *inputs: Tensor) -> bool:
     if not torch.is_grad_enabled():
         return False
     return any(t.requires_grad for t in (*inputs, *_tensors(parts)))
+
+
+def check_size(value: int, *, name: str) -> int:
+    """Validate a cache size or encoder batch size: an int >= 0 (0: off / everything at once).
+
+    Raises:
+        ValueError: Naming `name`, if `value` is not an int >= 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    return value
 
 
 def image_keys(images: Tensor) -> list[tuple[str, tuple[int, ...], str, str]]:
@@ -194,18 +205,17 @@ class EmbeddingCache:
         (True, CacheInfo(hits=3, misses=2, bypasses=0, size=2, maxsize=4))
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, name: str = "maxsize") -> None:
         """Create an empty cache.
 
         Args:
             maxsize: Entries kept (least recently used are evicted); 0 turns caching off.
+            name: What `maxsize` is called in error messages (e.g. the config field).
 
         Raises:
             ValueError: If `maxsize` is negative or not an int.
         """
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"maxsize: expected an int >= 0, got {maxsize!r}")
-        self.maxsize = maxsize
+        self.maxsize = check_size(maxsize, name=name)
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._state: tuple[tuple[int, int], ...] | None = None
         self._hits = self._misses = self._bypasses = 0

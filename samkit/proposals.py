@@ -30,7 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from samkit._cache import CacheInfo, EmbeddingCache
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import (
     as_float,
     as_image,
@@ -380,7 +380,8 @@ class SamPatchProposer(nn.Module):
                 `docs/performance/caches.md`); only when `sam` is an `nn.Module`.
 
         Raises:
-            ValueError: On a threshold outside its range or a grid / batch size below 1.
+            ValueError: On a threshold outside its range, a grid / batch size below 1, or a
+                negative `encoder_batch_size` / `image_cache_size`.
         """
         super().__init__()
         self.sam = sam  # registered as a submodule when it is an nn.Module
@@ -395,9 +396,8 @@ class SamPatchProposer(nn.Module):
         self.stability_score_offset = stability_score_offset
         self.box_nms_thresh = check_unit_interval(box_nms_thresh, name="box_nms_thresh")
         self.min_area = min_area
-        if isinstance(encoder_batch_size, bool) or not isinstance(encoder_batch_size, int):
-            raise ValueError(f"encoder_batch_size: expected an int, got {encoder_batch_size!r}")
-        self.encoder_batch_size = encoder_batch_size
+        self.encoder_batch_size = check_size(encoder_batch_size, name="encoder_batch_size")
+        check_size(image_cache_size, name="image_cache_size")
         # a SAM that is no nn.Module is never cached: its weight state cannot be read
         trackable = sam_encoder_parts(sam) is not None
         self._image_cache = EmbeddingCache(image_cache_size if trackable else 0)

@@ -17,7 +17,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from samkit._cache import CacheInfo, EmbeddingCache
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import (
     as_class_names,
     as_image,
@@ -236,8 +236,9 @@ class SAMCP(PretrainedModule):
             self._modules["clip"] = clip  # otherwise `clip` reads it from the feature extractor
         self.proposer = proposer
         self.open_vocabulary = open_vocabulary
-        self._text_cache = TextEmbeddingCache(config.text_cache_size)
-        self._dense_cache = EmbeddingCache(config.image_cache_size)
+        self._text_cache = TextEmbeddingCache(config.text_cache_size, name="text_cache_size")
+        self._dense_cache = EmbeddingCache(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
 
     @classmethod
     def _build_from_config(cls, config: Any) -> SAMCP:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from samkit._cache import CacheInfo, EmbeddingCache
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image, check_shape
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
@@ -204,12 +204,13 @@ class SAMMI(PretrainedModule):
         self.tspp = tspp
         self.smagg = smagg
         self.injection = injection
-        self._text_cache = TextEmbeddingCache(config.text_cache_size)
+        self._text_cache = TextEmbeddingCache(config.text_cache_size, name="text_cache_size")
+        size = check_size(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
         # a SAM that is no nn.Module is never cached: its weight state cannot be read
-        sam_cache = config.image_cache_size if sam_encoder_parts(sam) is not None else 0
         self._image_caches = {
-            "sam": EmbeddingCache(sam_cache),
-            "clip": EmbeddingCache(config.image_cache_size),
+            "sam": EmbeddingCache(size if sam_encoder_parts(sam) is not None else 0),
+            "clip": EmbeddingCache(size),
         }
         if isinstance(sam, nn.Module):
             sam.requires_grad_(False)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from samkit._cache import CacheInfo, EmbeddingCache
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
@@ -179,11 +179,10 @@ class SSPSAM(PretrainedModule):
         self.visual = visual
         self.fusion = fusion
         self.prompt_encoder = prompt_encoder
-        self._text_cache = EmbeddingCache(config.text_cache_size)
-        self._image_caches = {
-            "sam": EmbeddingCache(config.image_cache_size),
-            "clip": EmbeddingCache(config.image_cache_size),
-        }
+        self._text_cache = EmbeddingCache(config.text_cache_size, name="text_cache_size")
+        size = check_size(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
+        self._image_caches = {"sam": EmbeddingCache(size), "clip": EmbeddingCache(size)}
 
     @classmethod
     def _build_from_config(cls, config: Any) -> SSPSAM:

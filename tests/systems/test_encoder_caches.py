@@ -225,3 +225,12 @@ def test_proposer_embeddings_do_not_depend_on_the_batch() -> None:
             alone = model.proposer.sam.encode(x[i : i + 1]).embeddings
             torch.testing.assert_close(batch[i], alone[0], **TOL)
             torch.testing.assert_close(chunked[i], alone[0], **TOL)
+
+
+@pytest.mark.parametrize(
+    "build", [lambda **kw: _sam_mi(**kw), lambda **kw: _ssp_sam(**kw), lambda **kw: _sam_cp(**kw)]
+)
+@pytest.mark.parametrize("field", ["text_cache_size", "image_cache_size", "encoder_batch_size"])
+def test_exception(build: Any, field: str) -> None:
+    with pytest.raises(ValueError, match=rf"{field}: expected an int >= 0, got -1"):
+        build(**{field: -1})
