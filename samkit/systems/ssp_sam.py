@@ -90,7 +90,7 @@ class SSPSAMConfig:
     decoder_lr: float = 1e-5  # learning rate of SAM's mask decoder
     weight_decay: float = 1e-4  # AdamW weight decay of every group
     decoder_freeze_epochs: int = 20  # epochs the mask decoder stays frozen at the start
-    text_cache_size: int = 256  # expressions whose CLIP text encodings are cached (LRU; 0: off)
+    text_cache_size: int = 0  # expressions whose CLIP text encodings are cached (LRU; 0: off)
     image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
     encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
 

@@ -56,7 +56,7 @@ def test_sam_mi_cached_forward_is_bit_exact() -> None:
 
 
 def test_ssp_sam_cached_forward_is_bit_exact() -> None:
-    cached, plain = _ssp_sam(image_cache_size=4), _ssp_sam(text_cache_size=0)
+    cached, plain = _ssp_sam(image_cache_size=4, text_cache_size=4), _ssp_sam()
     x = _images(2, size=96)
     texts = ["the red circle", "all squares"]
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_ssp_sam_text_cache_per_expression_and_bypass() -> None:
         model.encode_text(["the tree"])  # evicts "right cat" (least recently used)
         model.encode_text(["right cat"])
     assert calls == [2, 1, 1]
-    trainable = _ssp_sam(clip_trainable="all")
+    trainable = _ssp_sam(clip_trainable="all", text_cache_size=4)
     out = trainable.encode_text(["left dog"])
     assert out.embeddings.requires_grad and trainable.text_cache_info().bypasses == 1
 
