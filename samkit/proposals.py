@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torchvision.ops import nms
 
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import (
     as_float,
     as_image,
@@ -40,6 +41,7 @@ from samkit._checks import (
     resolve_image_sizes,
 )
 from samkit._io import read_checkpoint, write_atomic
+from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.sam import SamLike
 from samkit.modules.patch_encoder import _group_by_size
 from samkit.types import Patches
@@ -355,6 +357,8 @@ class SamPatchProposer(nn.Module):
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         min_area: int = 0,
+        encoder_batch_size: int = 8,
+        image_cache_size: int = 0,
     ) -> None:
         """Create the proposer.
 
@@ -370,9 +374,14 @@ class SamPatchProposer(nn.Module):
             box_nms_thresh: Box IoU above which the lower-scored duplicate is dropped, in
                 `[0, 1]`.
             min_area: Drop masks with fewer pixels.
+            encoder_batch_size: Images per SAM encoder call (bounds memory; 0: all at once).
+            image_cache_size: Images whose SAM embeddings are cached (LRU; 0: off), keyed by
+                the image's content, the call context and SAM's weights (see
+                `docs/performance/caches.md`); only when `sam` is an `nn.Module`.
 
         Raises:
-            ValueError: On a threshold outside its range or a grid / batch size below 1.
+            ValueError: On a threshold outside its range, a grid / batch size below 1, or a
+                negative `encoder_batch_size` / `image_cache_size`.
         """
         super().__init__()
         self.sam = sam  # registered as a submodule when it is an nn.Module
@@ -387,6 +396,19 @@ class SamPatchProposer(nn.Module):
         self.stability_score_offset = stability_score_offset
         self.box_nms_thresh = check_unit_interval(box_nms_thresh, name="box_nms_thresh")
         self.min_area = min_area
+        self.encoder_batch_size = check_size(encoder_batch_size, name="encoder_batch_size")
+        check_size(image_cache_size, name="image_cache_size")
+        # a SAM that is no nn.Module is never cached: its weight state cannot be read
+        trackable = sam_encoder_parts(sam) is not None
+        self._image_cache = EmbeddingCache(image_cache_size if trackable else 0)
+
+    def image_cache_info(self) -> CacheInfo:
+        """Hits, misses, bypasses (per image), size and capacity of the SAM embedding cache."""
+        return self._image_cache.info()
+
+    def clear_image_cache(self) -> None:
+        """Drop the cached SAM embeddings."""
+        self._image_cache.clear()
 
     @torch.no_grad()
     def forward(
@@ -418,7 +440,13 @@ class SamPatchProposer(nn.Module):
     def _propose(self, images: Tensor) -> list[Patches]:
         """Propose patches for equally sized images `(B, 3, H, W)` in `[0, 1]`."""
         s = check_shape(images, "B 3 H W", name="images")
-        emb = self.sam.encode(images)
+        emb = self._image_cache.images(
+            sam_encoder_parts(self.sam) or [],
+            images,
+            "sam",
+            lambda i: self.sam.encode(images[i]),
+            batch_size=self.encoder_batch_size,
+        )
         size = (s["H"], s["W"])
         grid = point_grid(self.points_per_side).to(images.device) * images.new_tensor(
             [s["W"], s["H"]]

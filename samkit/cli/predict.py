@@ -55,6 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--num-things", type=int, default=None, help="thing classes among --classes (sam-cp)"
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="consecutive images of equal size run together, at most this many (default 8; "
+        "each image's result does not depend on its batch)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run_predict)
     return p
@@ -223,6 +230,20 @@ def _overlay(system: str, image: Tensor, pred: Any, names: Sequence[str], title:
     return annotate(base, title=title, legend=[(names[k], color(k)) for k in present])
 
 
+def _batches(images: Sequence[Tensor], batch_size: int) -> list[list[int]]:
+    """Runs of consecutive images of equal size, at most `batch_size` long (order kept)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size: expected an int >= 1, got {batch_size!r}")
+    out: list[list[int]] = []
+    for i, image in enumerate(images):
+        last = out[-1] if out else None
+        if last and len(last) < batch_size and images[last[0]].shape == image.shape:
+            last.append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Run `samkit predict`; returns the exit code."""
     from types import SimpleNamespace
@@ -252,27 +273,35 @@ def run_predict(args: argparse.Namespace) -> int:
             else (0 if system == "sam_mi" else len(names))
         )
     images = [read_image(p) for p in args.images]  # every file is checked before any work
+    batches = _batches(images, args.batch_size)
     device = torch.device(args.device) if args.device is not None else default_device()
     model = load_run(args.run, info).to(device).eval()
     task = build_task(system, model, class_names=names, num_things=things, **info.task_options)
     writer = prediction_writer(system, args.out, class_names=names, num_things=things)
     overlays: list[Path] = []
     texts = list(args.text) if system == "ssp_sam" else [None]
-    bar = tqdm(
-        list(zip(args.images, images, strict=True)), desc="samkit predict", disable=args.no_progress
-    )
+    bar = tqdm(total=len(images), desc="samkit predict", disable=args.no_progress)
     with torch.no_grad():
-        for path, image in bar:
-            for k, text in enumerate(texts):
-                batch = image[None].to(device)
-                preds = task.infer(batch, texts=[text] if text is not None else None)
-                meta = SimpleNamespace(image_ids=[path.stem], texts=[text])
-                writer.add(preds, meta)
+        for idx in batches:
+            # rows: every image of the batch with every expression (image-major order)
+            rows = [(i, k, text) for i in idx for k, text in enumerate(texts)]
+            stack = torch.stack([images[i] for i, _, _ in rows]).to(device)
+            row_texts = [text for _, _, text in rows]
+            expressions = [t for t in row_texts if t is not None]
+            preds = task.infer(stack, texts=expressions if system == "ssp_sam" else None)
+            meta = SimpleNamespace(
+                image_ids=[args.images[i].stem for i, _, _ in rows], texts=row_texts
+            )
+            writer.add(preds, meta)
+            for (i, k, text), pred in zip(rows, preds, strict=True):
+                path = args.images[i]
                 suffix = f"_{k}" if text is not None else ""
                 title = f"{path.name}: {text}" if text is not None else path.name
                 target = args.out / "overlays" / f"{_safe_stem(path.stem)}{suffix}.png"
-                save_image(_overlay(system, image, preds[0], names or [], title), target)
+                save_image(_overlay(system, images[i], pred, names or [], title), target)
                 overlays.append(target)
+            bar.update(len(idx))
+    bar.close()
     written = writer.close()
     print(f"wrote {len(overlays)} overlays to {args.out / 'overlays'}")
     print("wrote " + ", ".join(str(p) for p in written))

@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import (
     as_class_names,
     as_image,
@@ -39,6 +40,7 @@ from samkit.modules.patch_encoder import PatchEncoder, pyramid_features
 from samkit.proposals import SamPatchProposer, pad_patches
 from samkit.systems._config import resolve_config
 from samkit.systems._pretrained import BackboneSource, PretrainedModule
+from samkit.systems._text_cache import TextEmbeddingCache
 from samkit.types import PanopticResult, Patches, SAMCPOutput
 
 __all__ = [
@@ -121,6 +123,9 @@ class SAMCPConfig:
     pred_iou_thresh: float = 0.8  # proposer predicted-IoU filter
     stability_score_thresh: float = 0.9  # proposer stability filter
     box_nms_thresh: float = 0.7  # proposer box NMS
+    text_cache_size: int = 8  # vocabularies whose CLIP text embeddings are cached (LRU; 0: off)
+    image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
+    encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMCPConfig:
@@ -231,7 +236,9 @@ class SAMCP(PretrainedModule):
             self._modules["clip"] = clip  # otherwise `clip` reads it from the feature extractor
         self.proposer = proposer
         self.open_vocabulary = open_vocabulary
-        self._text_cache: dict[tuple[str, ...], Tensor] = {}
+        self._text_cache = TextEmbeddingCache(config.text_cache_size, name="text_cache_size")
+        self._dense_cache = EmbeddingCache(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
 
     @classmethod
     def _build_from_config(cls, config: Any) -> SAMCP:
@@ -274,12 +281,69 @@ class SAMCP(PretrainedModule):
 
     @torch.no_grad()
     def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
-        """Normalised CLIP text embeddings `(T, C)` of class names (cached, frozen)."""
-        key = tuple(class_names)
-        if key not in self._text_cache:
-            templates = list(self.config.text_templates) or None
-            self._text_cache[key] = self.clip.encode_text(list(key), templates=templates).embeddings
-        return self._text_cache[key]
+        """Normalised CLIP text embeddings `(T, C)` of class names (frozen).
+
+        The embeddings of the last `config.text_cache_size` vocabularies are cached, keyed by
+        the class names (in order), the templates, the call context (train/eval flags,
+        inference and autocast modes) and the state of CLIP's weights (see
+        `docs/performance/caches.md`).
+        """
+        names = tuple(class_names)
+        templates = tuple(self.config.text_templates)
+        return self._text_cache(
+            self.clip,
+            names,
+            templates,
+            lambda: (
+                self.clip.encode_text(list(names), templates=list(templates) or None).embeddings
+            ),
+        )
+
+    def text_cache_info(self) -> CacheInfo:
+        """Hits, misses, bypasses, size and capacity of the text-embedding cache."""
+        return self._text_cache.info()
+
+    def clear_text_cache(self) -> None:
+        """Drop the cached text embeddings."""
+        self._text_cache.clear()
+
+    def image_cache_info(self) -> dict[str, CacheInfo]:
+        """Hits, misses, bypasses (counted per image), size and capacity of each image cache.
+
+        Returns:
+            `{"sam": ...}` for the proposer's SAM embeddings (when the model has a proposer)
+            and `{"clip": ...}` for the open-vocabulary classifier's dense CLIP features.
+        """
+        out = {"clip": self._dense_cache.info()}
+        if self.proposer is not None:
+            out = {"sam": self.proposer.image_cache_info(), **out}
+        return out
+
+    def clear_image_cache(self) -> None:
+        """Drop the cached SAM embeddings and dense CLIP features."""
+        self._dense_cache.clear()
+        if self.proposer is not None:
+            self.proposer.clear_image_cache()
+
+    def _dense_features(self, images: Tensor, sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """CLIP's dense features of each image at its own size, equal sizes batched together."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(sizes):
+            groups.setdefault(hw, []).append(i)
+        out: list[Tensor] = [images] * len(sizes)
+        clip = self.clip
+        for (h, w), idx in groups.items():
+            crops = images[idx, :, :h, :w]
+
+            def compute(index: Tensor | slice, crops: Tensor = crops) -> Tensor:
+                return clip.dense_features(crops[index])
+
+            feats = self._dense_cache.images(
+                [clip], crops, "dense", compute, batch_size=self.config.encoder_batch_size
+            )
+            for k, i in enumerate(idx):
+                out[i] = feats[k : k + 1]
+        return out
 
     def _dtype(self) -> torch.dtype:
         return self.classifier.proj.weight.dtype
@@ -416,13 +480,14 @@ class SAMCP(PretrainedModule):
         merged = merge_patches(out.affinities[-1], masks, pad)
         text = self.text_embeddings(names).to(images.device, images.dtype)
         s = out.num_semantic
+        dense_all = self._dense_features(images, sizes) if self.open_vocabulary is not None else []
         results = []
         for i, (p, (h, w)) in enumerate(zip(patches, sizes, strict=True)):
             k = s + p.num_patches  # this image's real queries
             logits = out.class_logits[-1, i, :k]
             masks_i = merged[i, :k, :h, :w]
             if self.open_vocabulary is not None:
-                dense = self.clip.dense_features(images[i : i + 1, :, :h, :w])
+                dense = dense_all[i]
                 probs = self.open_vocabulary(logits[None], dense, masks_i[None], text)[0]
             else:
                 probs = logits.sigmoid()
@@ -588,6 +653,8 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
             pred_iou_thresh=cfg.pred_iou_thresh,
             stability_score_thresh=cfg.stability_score_thresh,
             box_nms_thresh=cfg.box_nms_thresh,
+            encoder_batch_size=cfg.encoder_batch_size,
+            image_cache_size=cfg.image_cache_size,
         )
     return SAMCP(
         config=cfg,

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image, check_shape
+from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
 from samkit.modules.cost_aggregation import CostAggregator, cost_volume
@@ -34,7 +36,7 @@ from samkit.modules.tspp import TextGuidedSparsePointPrompter, grid_points, samp
 from samkit.systems._config import resolve_config
 from samkit.systems._pretrained import BackboneSource, PretrainedModule
 from samkit.systems._text_cache import TextCacheInfo, TextEmbeddingCache
-from samkit.types import SAMMIOutput, TSPPOutput
+from samkit.types import ClipDenseOutput, ImageEmbedding, SAMMIOutput, TSPPOutput
 
 __all__ = ["SAMMI", "SAMMIConfig", "build_sam_mi"]
 
@@ -96,6 +98,8 @@ class SAMMIConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     clip_lr_multiplier: float = 0.01  # CLIP lr = lr x this (paper: 2e-6)
     tspp_lr_multiplier: float = 0.1  # TSPP lr in stage 2 = lr x this [open: "reduced"]
+    image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
+    encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMMIConfig:
@@ -200,7 +204,14 @@ class SAMMI(PretrainedModule):
         self.tspp = tspp
         self.smagg = smagg
         self.injection = injection
-        self._text_cache = TextEmbeddingCache(config.text_cache_size)
+        self._text_cache = TextEmbeddingCache(config.text_cache_size, name="text_cache_size")
+        size = check_size(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
+        # a SAM that is no nn.Module is never cached: its weight state cannot be read
+        self._image_caches = {
+            "sam": EmbeddingCache(size if sam_encoder_parts(sam) is not None else 0),
+            "clip": EmbeddingCache(size),
+        }
         if isinstance(sam, nn.Module):
             sam.requires_grad_(False)
 
@@ -269,6 +280,68 @@ class SAMMI(PretrainedModule):
         """Drop the cached text embeddings."""
         self._text_cache.clear()
 
+    def image_cache_info(self) -> dict[str, CacheInfo]:
+        """Hits, misses, bypasses (counted per image), size and capacity of each image cache.
+
+        Returns:
+            `{"sam": ..., "clip": ...}`: SAM's image embeddings and CLIP's dense features.
+        """
+        return {name: cache.info() for name, cache in self._image_caches.items()}
+
+    def clear_image_cache(self) -> None:
+        """Drop the cached SAM and CLIP image encodings."""
+        for cache in self._image_caches.values():
+            cache.clear()
+
+    def encode_sam(self, images: Tensor) -> ImageEmbedding:
+        """SAM's image embeddings, `config.encoder_batch_size` images per encoder call.
+
+        With `config.image_cache_size > 0` the embedding of each image is cached, keyed by
+        the image's content (`samkit._cache.image_keys`: SHA-256 of its bytes, shape, dtype,
+        device), the call context (train/eval flags, inference and autocast modes) and SAM's
+        weight state; see `docs/performance/caches.md`.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]` (after `as_image`).
+
+        Returns:
+            The `ImageEmbedding` of the batch (no gradients: SAM is frozen).
+        """
+        with torch.no_grad():
+            return self._image_caches["sam"].images(
+                sam_encoder_parts(self.sam) or [],
+                images,
+                "sam",
+                lambda i: self.sam.encode(images[i]),
+                batch_size=self.config.encoder_batch_size,
+            )
+
+    def encode_clip(self, images: Tensor, *, taps: bool = True) -> ClipDenseOutput:
+        """CLIP's value-path dense features (and the `clip_taps` block outputs) of `images`.
+
+        Resized to `config.clip_size`, `config.encoder_batch_size` images per call and, with
+        `config.image_cache_size > 0`, cached per image as `encode_sam` is (plus the CLIP
+        input size and taps). While CLIP can receive gradients the cache is bypassed.
+
+        Args:
+            images: RGB images `(B, 3, H, W)` in `[0, 1]` (after `as_image`).
+            taps: Also return the `config.clip_taps` block outputs.
+
+        Returns:
+            `ClipDenseOutput` with `features (B, C_e, h, w)` and the taps.
+        """
+        cfg = self.config
+        blocks = tuple(cfg.clip_taps) if taps else ()
+        return self._image_caches["clip"].images(
+            [self.clip],
+            images,
+            ("value", cfg.clip_size, blocks),
+            lambda i: self.clip.encode_dense(
+                self._clip_input(images[i]), mode="value", intermediates=blocks
+            ),
+            batch_size=cfg.encoder_batch_size,
+        )
+
     def prompter(self, images: Tensor, class_names: str | Sequence[str]) -> TSPPOutput:
         """CLIP + cost volume + TSPP only (what stage 1 trains).
 
@@ -287,7 +360,8 @@ class SAMMI(PretrainedModule):
         if self.tspp is None:
             raise ValueError("this SAM-MI has no prompter")
         images = as_image(images, name="images")
-        dense = self.clip.encode_dense(self._clip_input(images), mode="value")
+        check_shape(images, "B 3 H W", name="images")
+        dense = self.encode_clip(images, taps=False)
         out = self._prompt(dense.features, self.encode_text(class_names))
         assert out is not None
         return out
@@ -351,14 +425,12 @@ class SAMMI(PretrainedModule):
         s = check_shape(images, "B 3 H W", name="images")
         images = as_image(images, name="images")
         text = self.encode_text(class_names)
-        dense = self.clip.encode_dense(
-            self._clip_input(images), mode="value", intermediates=self.config.clip_taps
-        )
+        dense = self.encode_clip(images)
         tspp = self._prompt(dense.features, text)
         taps = self.aggregator.upsample_taps(dense.intermediates)
         mask_size = taps[-1].shape[-2:]
         with torch.no_grad():
-            embedding = self.sam.encode(images)
+            embedding = self.encode_sam(images)
             points, valid = self._points(tspp, s["B"], embedding.input_size, images.device)
             sam_masks = point_masks(
                 self.sam,

@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image
+from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
 from samkit.backbones.sam2_backend import Sam2Backbone
@@ -88,6 +90,9 @@ class SSPSAMConfig:
     decoder_lr: float = 1e-5  # learning rate of SAM's mask decoder
     weight_decay: float = 1e-4  # AdamW weight decay of every group
     decoder_freeze_epochs: int = 20  # epochs the mask decoder stays frozen at the start
+    text_cache_size: int = 0  # expressions whose CLIP text encodings are cached (LRU; 0: off)
+    image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
+    encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
 
 
 SSPSAMOutput = ReferringOutput
@@ -174,6 +179,10 @@ class SSPSAM(PretrainedModule):
         self.visual = visual
         self.fusion = fusion
         self.prompt_encoder = prompt_encoder
+        self._text_cache = EmbeddingCache(config.text_cache_size, name="text_cache_size")
+        size = check_size(config.image_cache_size, name="image_cache_size")
+        check_size(config.encoder_batch_size, name="encoder_batch_size")
+        self._image_caches = {"sam": EmbeddingCache(size), "clip": EmbeddingCache(size)}
 
     @classmethod
     def _build_from_config(cls, config: Any) -> SSPSAM:
@@ -214,22 +223,81 @@ class SSPSAM(PretrainedModule):
     ) -> TextEmbedding:
         """Sentence embeddings `(B, C_e)` and word states `(B, L, C_t)` from CLIP's text tower.
 
-        One `str` is one expression.
+        One `str` is one expression. The encodings of the last `config.text_cache_size`
+        distinct expressions are cached, one entry per expression, keyed by its token ids
+        (after the template, lower-casing and `text_length`), the call context (train/eval
+        flags, inference and autocast modes) and the state of CLIP's weights; the cache is
+        bypassed while CLIP can receive gradients. See `docs/performance/caches.md`.
         """
         if tokens is None:
             if expressions is None:
                 raise ValueError("SSPSAM: pass expressions or tokens")
             tokens = self.tokenize(expressions)
-        return self.clip.encode_tokens(tokens)
+        ids = tokens
+        cache = self._text_cache
+        if cache.maxsize == 0:
+            return self.clip.encode_tokens(tokens)
+        keys = [(tuple(row), tokens.shape[1]) for row in tokens.tolist()]
+        return cache.rows([self.clip], keys, lambda i: self.clip.encode_tokens(ids[i]))
+
+    def text_cache_info(self) -> CacheInfo:
+        """Hits, misses, bypasses (counted per expression), size and capacity of the text cache."""
+        return self._text_cache.info()
+
+    def clear_text_cache(self) -> None:
+        """Drop the cached expression encodings."""
+        self._text_cache.clear()
+
+    def image_cache_info(self) -> dict[str, CacheInfo]:
+        """Hits, misses, bypasses (counted per image), size and capacity of each image cache.
+
+        Returns:
+            `{"sam": ..., "clip": ...}`: SAM's image embeddings and CLIP's dense features.
+        """
+        return {name: cache.info() for name, cache in self._image_caches.items()}
+
+    def clear_image_cache(self) -> None:
+        """Drop the cached SAM and CLIP image encodings."""
+        for cache in self._image_caches.values():
+            cache.clear()
+
+    def encode_sam(self, images: Tensor) -> ImageEmbedding:
+        """SAM's image embeddings, `config.encoder_batch_size` images per encoder call.
+
+        With `config.image_cache_size > 0` each image's embedding is cached, keyed by its
+        content (SHA-256 of its bytes, shape, dtype, device), the call context and SAM's
+        weight state (see `docs/performance/caches.md`); bypassed while gradients could flow.
+
+        Args:
+            images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
+        """
+        return self._image_caches["sam"].images(
+            sam_encoder_parts(self.sam) or [self.sam],
+            images,
+            "sam",
+            lambda i: self.sam.encode(images[i]),
+            batch_size=self.config.encoder_batch_size,
+        )
 
     def encode_clip(self, images: Tensor) -> ClipDenseOutput:
         """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas.
 
         `images` follow the image contract (uint8, or float in `[0, 1]`; see `forward`).
+        Encoded `config.encoder_batch_size` images at a time and cached per image like
+        `encode_sam` (plus the canvas size and surgery depth).
         """
-        canvas = letterbox(images, size=self.config.clip_image_size, fill=self.clip.pixel_mean)
-        return self.clip.encode_dense(
-            canvas, mode="surgery", surgery_depth=self.config.surgery_depth
+        cfg = self.config
+
+        def compute(index: Tensor | slice) -> ClipDenseOutput:
+            canvas = letterbox(images[index], size=cfg.clip_image_size, fill=self.clip.pixel_mean)
+            return self.clip.encode_dense(canvas, mode="surgery", surgery_depth=cfg.surgery_depth)
+
+        return self._image_caches["clip"].images(
+            [self.clip],
+            images,
+            ("surgery", cfg.clip_image_size, cfg.surgery_depth),
+            compute,
+            batch_size=cfg.encoder_batch_size,
         )
 
     # ------------------------------------------------------------------ trainable path
@@ -296,7 +364,7 @@ class SSPSAM(PretrainedModule):
             tokens: Alternatively, CLIP token ids `(B, L)`.
             text: Alternatively, a precomputed `TextEmbedding` with token states.
             clip_features: Precomputed `encode_clip(images)`.
-            sam_embeddings: Precomputed `sam.encode(images)`.
+            sam_embeddings: Precomputed `encode_sam(images)` (or `sam.encode(images)`).
             upsample: Also return mask logits at the original image size.
 
         Returns:
@@ -327,7 +395,7 @@ class SSPSAM(PretrainedModule):
             clip_features = self.encode_clip(images)
         if sam_embeddings is None:
             assert images is not None
-            sam_embeddings = self.sam.encode(images)
+            sam_embeddings = self.encode_sam(images)
         return self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
 
     # ------------------------------------------------------------------ training helpers

@@ -381,3 +381,44 @@ def test_seed_fixes_the_whole_run(data: dict, tmp_path: Path) -> None:
         weights.append(load_file(str(tmp_path / str(k) / "model" / "model.safetensors")))
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
     assert any(not torch.equal(weights[0][n], weights[2][n]) for n in weights[0])
+
+
+@pytest.mark.parametrize("system", list(SYSTEM_FORMAT))
+def test_predict_batches_do_not_change_results(
+    system: str, runs: dict[str, Path], data: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Images run one at a time and as one batch give the same files (`--batch-size`)."""
+    images = _images(data[SYSTEM_FORMAT[system]])
+    extra = ["--text", "the red circle", "--text", "all squares"] if system == "ssp-sam" else []
+    outs = []
+    for batch in ("1", "8"):
+        out = tmp_path / f"pred{batch}"
+        args = ["predict", str(runs[system]), *map(str, images), "--out", str(out)]
+        assert main([*args, "--no-progress", "--batch-size", batch, *extra]) == 0
+        outs.append(out)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
+    for rel in files:
+        if rel.suffix == ".json":  # scores are floats: equal up to float32 round-off
+            a, b = (json.loads((o / rel).read_text()) for o in outs)
+            assert _close(a, b), rel
+        else:
+            assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def test_predict_rejects_a_bad_batch_size(
+    runs: dict[str, Path], data: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = str(_images(data["semantic_folder"])[0])
+    args = ["predict", str(runs["sam-mi"]), image, "--out", str(tmp_path), "--batch-size", "0"]
+    _error(capsys, args, "--batch-size: expected an int >= 1, got 0")
