@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samkit._checks import as_class_names, as_image, check_shape
+from samkit._precision import Precision, check_precision, to_float32
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
 from samkit.modules.cost_aggregation import CostAggregator, cost_volume
@@ -96,6 +97,7 @@ class SAMMIConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     clip_lr_multiplier: float = 0.01  # CLIP lr = lr x this (paper: 2e-6)
     tspp_lr_multiplier: float = 0.1  # TSPP lr in stage 2 = lr x this [open: "reduced"]
+    precision: Precision = "fp32"  # "bf16": CLIP image side, TSPP, SAM, heads in bf16 autocast
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMMIConfig:
@@ -278,7 +280,7 @@ class SAMMI(PretrainedModule):
             class_names: The `T >= 1` class names; one `str` is one class.
 
         Returns:
-            The prompter's `TSPPOutput`.
+            The prompter's `TSPPOutput` (float32 with `config.precision="bf16"`).
 
         Raises:
             ValueError: If the model has no prompter, `images` is not a valid image batch or no
@@ -287,10 +289,12 @@ class SAMMI(PretrainedModule):
         if self.tspp is None:
             raise ValueError("this SAM-MI has no prompter")
         images = as_image(images, name="images")
-        dense = self.clip.encode_dense(self._clip_input(images), mode="value")
-        out = self._prompt(dense.features, self.encode_text(class_names))
+        text = self.encode_text(class_names)  # float32 (cached) whatever the precision
+        with self.precision_context(images.device):
+            dense = self.clip.encode_dense(self._clip_input(images), mode="value")
+            out = self._prompt(dense.features, text)
         assert out is not None
-        return out
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     def _prompt(self, features: Tensor, text: Tensor) -> TSPPOutput | None:
         # stop-gradient towards CLIP's visual encoder (SAM-MI §3.2); the text side may learn
@@ -342,7 +346,9 @@ class SAMMI(PretrainedModule):
 
         Returns:
             `SAMMIOutput` with `logits (B, T, h', w')` (4x the CLIP grid), the points, SAM masks,
-            aggregated masks and the prompter's outputs.
+            aggregated masks and the prompter's outputs. With `config.precision="bf16"` CLIP's
+            image tower, TSPP, SAM, the injection and the aggregator run under bfloat16
+            autocast (the class text embeddings stay float32) and the outputs are float32.
 
         Raises:
             ValueError: If `images` is not a valid image batch (NaN/Inf, float values outside
@@ -350,7 +356,13 @@ class SAMMI(PretrainedModule):
         """
         s = check_shape(images, "B 3 H W", name="images")
         images = as_image(images, name="images")
-        text = self.encode_text(class_names)
+        text = self.encode_text(class_names)  # float32 (cached) whatever the precision
+        with self.precision_context(images.device):
+            out = self._segment(images, text, s["B"])
+        return to_float32(out) if self.config.precision == "bf16" else out
+
+    def _segment(self, images: Tensor, text: Tensor, batch: int) -> SAMMIOutput:
+        """`forward`'s computation on checked inputs (under the model's precision)."""
         dense = self.clip.encode_dense(
             self._clip_input(images), mode="value", intermediates=self.config.clip_taps
         )
@@ -359,7 +371,7 @@ class SAMMI(PretrainedModule):
         mask_size = taps[-1].shape[-2:]
         with torch.no_grad():
             embedding = self.sam.encode(images)
-            points, valid = self._points(tspp, s["B"], embedding.input_size, images.device)
+            points, valid = self._points(tspp, batch, embedding.input_size, images.device)
             sam_masks = point_masks(
                 self.sam,
                 embedding,
@@ -460,6 +472,7 @@ def build_sam_mi(
         presets={"tiny": SAMMIConfig.tiny, "tiny-synth": SAMMIConfig.tiny_synth},
         system="SAM-MI",
     )
+    check_precision(cfg.precision, name="precision")
     custom = tuple(n for n, given in (("sam", sam), ("clip", clip)) if given is not None)
     if clip is None:
         clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)

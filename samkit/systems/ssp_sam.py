@@ -21,6 +21,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from samkit._checks import as_class_names, as_image
+from samkit._precision import Precision, check_precision, to_float32
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
 from samkit.backbones.sam2_backend import Sam2Backbone
@@ -88,6 +89,7 @@ class SSPSAMConfig:
     decoder_lr: float = 1e-5  # learning rate of SAM's mask decoder
     weight_decay: float = 1e-4  # AdamW weight decay of every group
     decoder_freeze_epochs: int = 20  # epochs the mask decoder stays frozen at the start
+    precision: Precision = "fp32"  # "bf16": encoders, prompt generator, decoder in bf16 autocast
 
 
 SSPSAMOutput = ReferringOutput
@@ -225,12 +227,24 @@ class SSPSAM(PretrainedModule):
     def encode_clip(self, images: Tensor) -> ClipDenseOutput:
         """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas.
 
-        `images` follow the image contract (uint8, or float in `[0, 1]`; see `forward`).
+        `images` follow the image contract (uint8, or float in `[0, 1]`; see `forward`). With
+        `config.precision="bf16"` CLIP runs under bf16 autocast and the features are float32.
         """
         canvas = letterbox(images, size=self.config.clip_image_size, fill=self.clip.pixel_mean)
-        return self.clip.encode_dense(
-            canvas, mode="surgery", surgery_depth=self.config.surgery_depth
-        )
+        with self.precision_context(canvas.device):
+            out = self.clip.encode_dense(
+                canvas, mode="surgery", surgery_depth=self.config.surgery_depth
+            )
+        return to_float32(out) if self.config.precision == "bf16" else out
+
+    def encode_sam(self, images: Tensor) -> ImageEmbedding:
+        """SAM image embeddings (`sam.encode`), under bf16 autocast with `precision="bf16"`.
+
+        The embeddings are float32 with `precision="bf16"`; otherwise in SAM's compute dtype.
+        """
+        with self.precision_context(images.device):
+            out = self.sam.encode(images)
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     # ------------------------------------------------------------------ trainable path
     def prompt(self, clip_features: ClipDenseOutput, text: TextEmbedding) -> SemanticSpatialPrompts:
@@ -286,7 +300,11 @@ class SSPSAM(PretrainedModule):
 
         Frozen parts can be precomputed and passed in (the reference caches SAM embeddings):
         `text` from `encode_text`, `clip_features` from `encode_clip`, `sam_embeddings` from
-        `sam.encode`. `images` may then be `None`.
+        `encode_sam` (or `sam.encode`). `images` may then be `None`.
+
+        With `config.precision="bf16"` the image encoders, the adapters, the prompt generator
+        and SAM's decoder run under bfloat16 autocast (on the images' device) and every floating
+        output is float32; the text tower stays in float32.
 
         Args:
             images: RGB images `(B, 3, H, W)`, one per expression: float in `[0, 1]` (any float
@@ -303,6 +321,7 @@ class SSPSAM(PretrainedModule):
             `ReferringOutput`: `low_res_logits (B, 1, 4h, 4w)` in SAM's padded input frame,
             `iou_scores (B, 1)`, `boxes (B, 4)` (normalised cxcywh on the CLIP canvas),
             `has_target (B,)`, `prompts (B, K, D)` and, with `upsample`, `logits (B, 1, H, W)`.
+            Float32 with `precision="bf16"`; otherwise in the model's compute dtype.
 
         Raises:
             ValueError: If neither images nor the matching precomputed inputs are given, if
@@ -327,8 +346,10 @@ class SSPSAM(PretrainedModule):
             clip_features = self.encode_clip(images)
         if sam_embeddings is None:
             assert images is not None
-            sam_embeddings = self.sam.encode(images)
-        return self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
+            sam_embeddings = self.encode_sam(images)
+        with self.precision_context(sam_embeddings.embeddings.device):
+            out = self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     # ------------------------------------------------------------------ training helpers
     def heads(self) -> dict[str, nn.Module]:
@@ -407,7 +428,8 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         `set_decoder_frozen(False)` when that many epochs are done).
 
     Raises:
-        ValueError: For an unknown preset or field.
+        ValueError: For an unknown preset or field, or a `precision` other than `"fp32"` and
+            `"bf16"`.
 
     Examples:
         >>> model = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
@@ -415,6 +437,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         ('token', 64)
     """
     config = _resolve(cfg, overrides)
+    check_precision(config.precision, name="precision")
     clip = build_clip_backbone(
         config.clip_name, config.clip_checkpoint, quick_gelu=config.quick_gelu
     )
