@@ -12,13 +12,21 @@ float32 (segment-anything issues #540, #696), and bfloat16 has float32's exponen
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
 
-__all__ = ["PRECISIONS", "Precision", "autocast", "check_precision", "to_float32"]
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "autocast",
+    "check_precision",
+    "cpu_supports_bf16",
+    "to_float32",
+]
 
 Precision = Literal["fp32", "bf16"]
 """Compute precision: `"fp32"` (default) or `"bf16"` (bfloat16 autocast)."""
@@ -26,6 +34,7 @@ Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 _LOW = (torch.bfloat16, torch.float16)
+_warned_slow_cpu = False
 
 T = TypeVar("T")
 
@@ -60,7 +69,33 @@ def autocast(precision: Precision, device: torch.device | str) -> AbstractContex
     check_precision(precision)
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    kind = torch.device(device).type
+    if kind == "cpu":
+        _warn_if_cpu_lacks_bf16()
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+
+
+def cpu_supports_bf16() -> bool | None:
+    """Whether oneDNN has bfloat16 kernels for this CPU (AVX-512 or AMX); None if unknown."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _warn_if_cpu_lacks_bf16() -> None:
+    """Warn once per process when bf16 runs on a CPU without bfloat16 kernels (it is slower)."""
+    global _warned_slow_cpu
+    if _warned_slow_cpu or cpu_supports_bf16() is not False:
+        return
+    _warned_slow_cpu = True
+    warnings.warn(
+        "bf16 on a CPU without bfloat16 kernels (oneDNN reports none: no AVX-512 or AMX): it "
+        "runs several times slower than fp32 here (about 10x measured on an AVX2 CPU, see "
+        "docs/performance/precision.md); use precision='fp32' on this machine",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def to_float32(obj: T) -> T:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+import samkit._precision as precision_module
 from samkit._precision import autocast, check_precision, to_float32
 from samkit.data.synthetic import CLASS_NAMES, NUM_THING_CLASSES, generate_scene, oversegment
 from samkit.engine import Trainer, evaluate
@@ -137,6 +139,20 @@ class TestPrecisionOption:
             assert torch.is_autocast_enabled("cpu")
         out = to_float32({"a": (torch.ones(1, dtype=torch.bfloat16), torch.ones(1).double())})
         assert out["a"][0].dtype == torch.float32 and out["a"][1].dtype == torch.float64
+
+    def test_cpu_without_bf16_kernels_warns_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(precision_module, "_warned_slow_cpu", False)
+        monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
+        with pytest.warns(UserWarning, match="slower than fp32"), autocast("bf16", "cpu"):
+            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with autocast("bf16", "cpu"):  # once per process
+                pass
+            monkeypatch.setattr(precision_module, "_warned_slow_cpu", False)
+            monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
+            with autocast("bf16", "cpu"), autocast("fp32", "cpu"):
+                pass
 
     def test_saved_precision_round_trips_and_old_configs_load_as_fp32(self, tmp_path: Path) -> None:
         build_ssp_sam("tiny", precision="bf16").save_pretrained(tmp_path / "new")
