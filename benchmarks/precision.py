@@ -22,7 +22,7 @@ modes are interleaved call by call so that load on a shared machine hits them al
 is against fp32: the relative error `||x - x_fp32|| / ||x_fp32||` of the main output, and the
 agreement of the decisions (mask pixels, semantic labels).
 
-    python benchmarks/precision.py                     # writes benchmarks/results/precision.json
+    python benchmarks/precision.py           # writes benchmarks/results/precision.{json,md}
     python benchmarks/precision.py --vit-b-size 1024 --repeats 5
 """
 
@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"[{t['min_s'] * 1000:.1f}-{t['max_s'] * 1000:.1f}] | "
                 f"{r['speedup_vs_fp32'][mode]:.2f}x | {acc or '-'} |"
             )
-    print("\n".join(lines))
+    table = "\n".join(lines)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
     return res
 
 
