@@ -304,6 +304,27 @@ class TestModelCastToBfloat16:
             assert float((r.semantic == p.semantic).float().mean()) > 0.98
         assert [p.semantic.shape for p in proposed] == [(64, 64), (64, 64)]
 
+    def test_sam_cp_open_vocabulary(self, device: torch.device) -> None:
+        # the frozen-CLIP classifier meets bf16 dense features and fp32 text embeddings
+        model = _cp(
+            device,
+            build_proposer=False,
+            open_vocabulary=True,
+            object_mask_threshold=0.0,
+            affinity_threshold=0.0,
+        )
+        cast = copy.deepcopy(model).to(torch.bfloat16)
+        images, patches = _cp_inputs(device)
+        with torch.no_grad():
+            ref = model.predict(images, patches)
+            pred = cast.predict(images, patches)
+            model.config.precision = "bf16"
+            auto = model.predict(images, patches)
+        for r, p, a in zip(ref, pred, auto, strict=True):
+            assert len(r.segments) > 0
+            assert float((r.semantic == p.semantic).float().mean()) > 0.98
+            assert float((r.semantic == a.semantic).float().mean()) > 0.98
+
     def test_sam_mi(self, device: torch.device) -> None:
         model = _mi(device)
         cast = copy.deepcopy(model).to(torch.bfloat16)
