@@ -78,9 +78,6 @@ class TrainConfig:
         grad_clip: Max global gradient norm (`clip_grad_norm_`), None for no clipping.
         accumulate: Micro-batches per optimizer step; each micro-batch loss is divided by it,
             so for mean losses `accumulate=2` with `batch_size=b` equals `batch_size=2b`.
-        precision: `"fp32"`, or `"bf16"` to run `training_step` and the evaluations under
-            `torch.autocast(device_type, dtype=torch.bfloat16)` (weights, gradients and the
-            optimizer state stay float32). See `docs/performance/precision.md`.
         bf16: Deprecated alias: `bf16=True` is `precision="bf16"` (a `DeprecationWarning`);
             not stored, so `to_dict()` has `precision` only.
         eval_every: Evaluate `val_data` every this many steps (0: only at the end).
@@ -102,6 +99,9 @@ class TrainConfig:
             after it; see `samkit.engine.numerics.denormals_flushed`): small models trained
             from scratch on CPU otherwise slow down by up to an order of magnitude. Results
             change only below float32's smallest normal number.
+        precision: `"fp32"`, or `"bf16"` to run `training_step` and the evaluations under
+            `torch.autocast(device_type, dtype=torch.bfloat16)` (weights, gradients and the
+            optimizer state stay float32). See `docs/performance/precision.md`.
     """
 
     steps: int | tuple[int, ...] = 1000
@@ -112,8 +112,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
     accumulate: int = 1
-    precision: Precision = "fp32"
-    bf16: InitVar[bool | None] = None
+    bf16: InitVar[bool | None] = None  # deprecated alias of precision (kept in its old place)
     eval_every: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -125,6 +124,7 @@ class TrainConfig:
     progress: bool = True
     augment: str | None = None
     flush_denormal: bool = False
+    precision: Precision = "fp32"
 
     def __post_init__(self, bf16: bool | None) -> None:
         check_precision(self.precision, name="precision")
