@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.clip_grad,
-        bf16=torch.device(args.device).type == "cuda",
+        precision="bf16" if torch.device(args.device).type == "cuda" else "fp32",
         eval_every=args.eval_every,
         eval_batch_size=eval_batch,
         checkpoint_every=args.save_every,

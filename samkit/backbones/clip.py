@@ -524,7 +524,8 @@ def similarity_map(features: Tensor, text: Tensor, *, eps: float = 1e-12) -> Ten
     """
     sizes = check_shape(features, "B N C", name="features")
     check_shape(text, "B C", name="text", known={"B": sizes["B"], "C": sizes["C"]})
-    sim = torch.einsum("bnc,bc->bn", features, text)
+    dtype = torch.promote_types(features.dtype, text.dtype)  # e.g. float32 patches, bf16 text
+    sim = torch.einsum("bnc,bc->bn", features.to(dtype), text.to(dtype))
     low = sim.amin(dim=1, keepdim=True)
     high = sim.amax(dim=1, keepdim=True)
     return (sim - low) / (high - low).clamp_min(eps)

@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="compute precision of the system (default: the one it was saved with, fp32)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run_eval)
     return p
@@ -56,7 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.predictions is not None and world_size() > 1:
         raise ValueError("--predictions writes from one process; run it without torchrun")
     data = load_data_file(args.data)
-    model = load_run(args.run, info)
+    model = load_run(args.run, info, precision=args.precision)
     class_names = getattr(data, "class_names", None)
     num_things = int(getattr(data, "num_things", 0))
     task = build_task(

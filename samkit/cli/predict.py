@@ -62,6 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="consecutive images of equal size run together, at most this many (default 8; "
         "each image's result does not depend on its batch)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="compute precision of the system (default: the one it was saved with, fp32)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run_predict)
     return p
@@ -80,8 +86,11 @@ def read_image(path: Path) -> Tensor:
     return image.float() / 255.0
 
 
-def load_run(run: Path, info: RunInfo) -> nn.Module:
-    """The trained system of a run folder (`RUN/model`), checked against `run.json`."""
+def load_run(run: Path, info: RunInfo, *, precision: str | None = None) -> nn.Module:
+    """The trained system of a run folder (`RUN/model`), checked against `run.json`.
+
+    `precision` (`"fp32"` or `"bf16"`) replaces the system's `config.precision` when given.
+    """
     from samkit.systems import load_pretrained
 
     folder = run / "model"
@@ -90,7 +99,13 @@ def load_run(run: Path, info: RunInfo) -> nn.Module:
             f"{folder}: no trained model; the run has not finished (resume it with "
             f"`samkit train {display_name(info.system)} ... --out {run} --resume`)"
         )
-    return load_pretrained(folder)
+    model = load_pretrained(folder)
+    if precision is not None:
+        from samkit._precision import check_precision
+
+        config: Any = model.config
+        config.precision = check_precision(precision, name="--precision")
+    return model
 
 
 def _safe_stem(image_id: Any) -> str:
@@ -275,7 +290,7 @@ def run_predict(args: argparse.Namespace) -> int:
     images = [read_image(p) for p in args.images]  # every file is checked before any work
     batches = _batches(images, args.batch_size)
     device = torch.device(args.device) if args.device is not None else default_device()
-    model = load_run(args.run, info).to(device).eval()
+    model = load_run(args.run, info, precision=args.precision).to(device).eval()
     task = build_task(system, model, class_names=names, num_things=things, **info.task_options)
     writer = prediction_writer(system, args.out, class_names=names, num_things=things)
     overlays: list[Path] = []

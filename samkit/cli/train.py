@@ -69,7 +69,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     eng.add_argument("--min-lr-ratio", type=float, default=None, help="cosine floor / base lr")
     eng.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
     eng.add_argument("--accumulate", type=int, default=None, help="micro-batches per step")
-    eng.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    eng.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="fp32 (default) or bf16: training steps and evaluations under bf16 autocast",
+    )
+    eng.add_argument(
+        "--bf16", action="store_true", default=None, help="deprecated: --precision bf16"
+    )
     eng.add_argument(
         "--flush-denormal",
         action="store_true",
@@ -107,7 +115,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         "min_lr_ratio": args.min_lr_ratio,
         "grad_clip": args.grad_clip,
         "accumulate": args.accumulate,
-        "bf16": args.bf16,
+        "precision": "bf16" if args.bf16 and args.precision is None else args.precision,
         "flush_denormal": args.flush_denormal,
         "eval_every": args.eval_every,
         "log_every": args.log_every,

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from samkit._precision import Precision, autocast, check_precision
 from samkit.engine._data import eval_shard, move_to_device
 from samkit.engine.distributed import is_main_process, rank, world_size
 from samkit.engine.task import Task
@@ -25,6 +26,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     on_predictions: Callable[[Sequence[Any], Any], None] | None = None,
+    precision: Precision = "fp32",
 ) -> dict[str, float]:
     """Run `task.predict` over `data`, update fresh metrics, sync them, summarize.
 
@@ -42,10 +44,16 @@ def evaluate(
         progress: Show a tqdm bar (rank 0 only).
         on_predictions: Called as `on_predictions(predictions, batch)` after every batch
             (e.g. to write the predictions to files); each rank sees its own shard.
+        precision: `"bf16"` runs `task.predict` under bfloat16 autocast on `device`; `"fp32"`
+            adds none (a system built with `precision="bf16"` still uses its own).
 
     Returns:
         `task.summarize(metrics)`: metric name -> value over the whole data set.
+
+    Raises:
+        ValueError: If `batch_size < 1` or `precision` is not `"fp32"` or `"bf16"`.
     """
+    check_precision(precision, name="precision")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
@@ -67,7 +75,8 @@ def evaluate(
             bar = tqdm(loader, desc="eval", disable=not (progress and is_main_process()))
             for batch in bar:
                 batch = move_to_device(batch, device)
-                predictions = task.predict(batch)
+                with autocast(precision, device):
+                    predictions = task.predict(batch)
                 task.update_metrics(metrics, predictions, batch)
                 if on_predictions is not None:
                     on_predictions(predictions, batch)

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, Sequential
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from samkit._precision import Precision, autocast, check_precision
 from samkit.engine import distributed as dist_utils
 from samkit.engine._data import TrainStream, move_to_device
 from samkit.engine._log import RunLog
@@ -55,7 +56,7 @@ _EXACTNESS_FIELDS = (
     "min_lr_ratio",
     "grad_clip",
     "accumulate",
-    "bf16",
+    "precision",
     "seed",
     "augment",
 )
@@ -77,7 +78,8 @@ class TrainConfig:
         grad_clip: Max global gradient norm (`clip_grad_norm_`), None for no clipping.
         accumulate: Micro-batches per optimizer step; each micro-batch loss is divided by it,
             so for mean losses `accumulate=2` with `batch_size=b` equals `batch_size=2b`.
-        bf16: Run `training_step` under bf16 autocast.
+        bf16: Deprecated alias: `bf16=True` is `precision="bf16"` (a `DeprecationWarning`);
+            not stored, so `to_dict()` has `precision` only.
         eval_every: Evaluate `val_data` every this many steps (0: only at the end).
         log_every: Write a `log.jsonl` row every this many steps (and at the last step).
         checkpoint_every: Save a checkpoint every this many steps (and at the last step).
@@ -97,6 +99,9 @@ class TrainConfig:
             after it; see `samkit.engine.numerics.denormals_flushed`): small models trained
             from scratch on CPU otherwise slow down by up to an order of magnitude. Results
             change only below float32's smallest normal number.
+        precision: `"fp32"`, or `"bf16"` to run `training_step` and the evaluations under
+            `torch.autocast(device_type, dtype=torch.bfloat16)` (weights, gradients and the
+            optimizer state stay float32). See `docs/performance/precision.md`.
     """
 
     steps: int | tuple[int, ...] = 1000
@@ -107,7 +112,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
     accumulate: int = 1
-    bf16: bool = False
+    bf16: InitVar[bool | None] = None  # deprecated alias of precision (kept in its old place)
     eval_every: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -119,8 +124,20 @@ class TrainConfig:
     progress: bool = True
     augment: str | None = None
     flush_denormal: bool = False
+    precision: Precision = "fp32"
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, bf16: bool | None) -> None:
+        check_precision(self.precision, name="precision")
+        if bf16 is not None:
+            warnings.warn(
+                "TrainConfig(bf16=...) is deprecated; use precision='bf16' (or 'fp32')",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if bf16 and self.precision == "fp32":
+                self.precision = "bf16"
+            elif not bf16 and self.precision == "bf16":
+                raise ValueError("bf16=False contradicts precision='bf16'; give precision only")
         if isinstance(self.steps, list):
             self.steps = tuple(self.steps)
         steps = self.steps if isinstance(self.steps, tuple) else (self.steps,)
@@ -351,9 +368,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if not self.config.bf16:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return autocast(self.config.precision, self.device)
 
     def _optimizer_step(self, stage: _Stage, data: TrainStream) -> dict[str, Tensor]:
         config = self.config
@@ -430,7 +445,7 @@ class Trainer:
             raise ValueError(
                 f"{path}: at step {state['step']}, beyond this run's {self.total_steps} steps"
             )
-        saved = state.get("config", {})
+        saved = _with_precision(state.get("config", {}))
         current = self.config.to_dict()
         changed = [
             f"{k}: {saved[k]!r} -> {current[k]!r}"
@@ -592,11 +607,19 @@ class Trainer:
                 device=self.device,
                 num_workers=self.config.num_workers,
                 progress=self.config.progress,
+                precision=self.config.precision,
             )
         finally:
             restore_rng_state(rng)
         log.write({"kind": "eval", "step": step, "stage": stage, **metrics})
         return metrics
+
+
+def _with_precision(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with `precision`, read from the `bf16` flag of checkpoints before it."""
+    if "precision" in saved or "bf16" not in saved:
+        return saved
+    return {**saved, "precision": "bf16" if saved["bf16"] else "fp32"}
 
 
 def _normalise(value: Any) -> Any:

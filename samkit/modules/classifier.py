@@ -156,7 +156,8 @@ class MaskPooledClipClassifier(nn.Module):
         feats = F.interpolate(features, size=(m["H"], m["W"]), mode="bilinear", align_corners=False)
         w = masks.to(feats.dtype)
         pooled = torch.einsum("bkhw,bchw->bkc", w, feats) / w.sum((-1, -2))[..., None].clamp_min(1)
-        sim = F.normalize(pooled, dim=-1) @ F.normalize(text, dim=-1).T
+        dtype = torch.promote_types(pooled.dtype, text.dtype)  # e.g. fp32 features, bf16 text
+        sim = F.normalize(pooled.to(dtype), dim=-1) @ F.normalize(text.to(dtype), dim=-1).T
         return (sim / self.temperature).softmax(-1)
 
 

@@ -429,8 +429,8 @@ class PatchEncoder(nn.Module):
         if masks is not None and self.use_mask_roi:
             flat_masks = rearrange(masks, "b n h w -> (b n) 1 h w").to(feats.dtype)
             idx = torch.arange(b * n, device=boxes.device, dtype=rois.dtype)
-            roi_masks = roi_align(
-                flat_masks, torch.cat([idx[:, None], rois], 1), self.roi_size, 1.0, 0, True
+            roi_masks = _roi_align(
+                flat_masks, torch.cat([idx[:, None], rois], 1), self.roi_size, 1.0
             )
             feats = feats * (roi_masks >= 0.5).to(feats.dtype)
         tokens = self.roi_norm(self.roi_mlp(feats.flatten(1)))
@@ -462,9 +462,22 @@ class PatchEncoder(nn.Module):
         out = rois5.new_zeros(len(rois5), features[0].shape[1], self.roi_size, self.roi_size)
         for lvl, (feat, stride) in enumerate(zip(features, strides, strict=True)):
             sel = levels == lvl
-            pooled = roi_align(feat, rois5, self.roi_size, 1.0 / float(stride), 0, True)
+            pooled = _roi_align(feat, rois5, self.roi_size, 1.0 / float(stride))
             out = torch.where(sel[:, None, None, None], pooled, out)
         return out
+
+
+def _roi_align(features: Tensor, rois: Tensor, size: int, scale: float) -> Tensor:
+    """Aligned `torchvision.ops.roi_align` (no sampling limit) in the dtype of `features`.
+
+    Torchvision's CPU kernel has no bfloat16 / float16 version, so those inputs (a model cast
+    with `.to(torch.bfloat16)`) are pooled in float32 and cast back; RoIs are taken in float32
+    then too, so box corners keep their sub-pixel position.
+    """
+    if features.dtype in (torch.bfloat16, torch.float16):
+        pooled = roi_align(features.float(), rois.float(), size, scale, 0, True)
+        return pooled.to(features.dtype)
+    return roi_align(features, rois, size, scale, 0, True)
 
 
 def _infer_strides(features: Sequence[Tensor], image_height: int) -> list[float]:

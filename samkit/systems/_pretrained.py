@@ -24,6 +24,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from samkit._io import write_atomic
+from samkit._precision import autocast
 
 __all__ = [
     "CONFIG_FILE",
@@ -114,6 +116,20 @@ class PretrainedModule(nn.Module):
 
     def _check_savable(self) -> None:
         """Raise if the module cannot be rebuilt from its config (e.g. custom backbones)."""
+
+    # ------------------------------------------------------------------ precision
+    def precision_context(self, device: torch.device | str) -> AbstractContextManager[Any]:
+        """The autocast context of `config.precision` on `device`.
+
+        See `docs/performance/precision.md`. `"fp32"` gives a no-op context (an enclosing
+        autocast still applies); `"bf16"` gives `torch.autocast(device.type,
+        dtype=torch.bfloat16)`. The systems enter it around their
+        image encoders and decoders; tasks enter it around the encoders they call themselves.
+
+        Raises:
+            ValueError: If `config.precision` is not `"fp32"` or `"bf16"`.
+        """
+        return autocast(getattr(self.config, "precision", "fp32"), device)
 
     # ------------------------------------------------------------------ save
     def save_pretrained(

@@ -25,6 +25,7 @@ from samkit._checks import (
     check_unit_interval,
     resolve_image_sizes,
 )
+from samkit._precision import Precision, check_precision, to_float32
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.backbones.clip_convnext import ClipConvNeXt, build_clip_convnext
 from samkit.modules.affinity import AffinityDecoder, SemanticQueryEmbedding, compose_queries
@@ -126,6 +127,7 @@ class SAMCPConfig:
     text_cache_size: int = 8  # vocabularies whose CLIP text embeddings are cached (LRU; 0: off)
     image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
     encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
+    precision: Precision = "fp32"  # "bf16": pyramid, encoders, decoder, SAM in bf16 autocast
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMCPConfig:
@@ -377,7 +379,9 @@ class SAMCP(PretrainedModule):
         Returns:
             `SAMCPOutput` with `affinities (L, B, S + N, N)` and `class_logits (L, B, S + N, T)`;
             entries of padded slots are 0 (see `SAMCPOutput.query_padding_mask`). `B = 0` gives
-            `(L, 0, S, 0)` and `(L, 0, S, T)`.
+            `(L, 0, S, 0)` and `(L, 0, S, T)`. With `config.precision="bf16"` the feature
+            pyramid, patch encoder, decoder and classifier run under bfloat16 autocast (the
+            CLIP text embeddings stay float32) and the outputs are float32.
 
         Raises:
             ValueError: On shape mismatches (patch masks not at their image's size), images
@@ -396,7 +400,22 @@ class SAMCP(PretrainedModule):
             return _empty_output(
                 len(self.decoder.layers), num_sem, len(names), num_things, canvas, images
             )
-        text = self.text_embeddings(names).to(images.device, images.dtype)
+        text = self.text_embeddings(names).to(images.device, images.dtype)  # fp32, cached
+        with self.precision_context(images.device):
+            result = self._score(images, patches, text, num_things, num_sem, canvas, sizes)
+        return to_float32(result) if self.config.precision == "bf16" else result
+
+    def _score(
+        self,
+        images: Tensor,
+        patches: Sequence[Patches],
+        text: Tensor,
+        num_things: int,
+        num_sem: int,
+        canvas: tuple[int, int],
+        sizes: list[tuple[int, int]],
+    ) -> SAMCPOutput:
+        """`forward`'s computation on checked inputs (under the model's precision)."""
         masks, boxes, _, pad = pad_patches(patches, size=canvas)
         boxes = boxes.to(images.dtype)
         feats = pyramid_features(self.feature_extractor, images, sizes)
@@ -460,7 +479,9 @@ class SAMCP(PretrainedModule):
                 default all `(H, W)`. Results are at these sizes.
 
         Returns:
-            `B` `PanopticResult`s (`[]` for `B = 0`).
+            `B` `PanopticResult`s (`[]` for `B = 0`). With `config.precision="bf16"` the SAM
+            proposer, `forward` and the open-vocabulary CLIP run under bfloat16 autocast; merging
+            and fusion run on their float32 outputs.
 
         Raises:
             RuntimeError: If `patches` is `None` and the model has no proposer.
@@ -472,7 +493,9 @@ class SAMCP(PretrainedModule):
         if patches is None:
             if self.proposer is None:
                 raise RuntimeError("SAMCP.predict: pass patches or build with build_proposer=True")
-            patches = self.proposer(images, sizes) if sizes else []
+            with self.precision_context(images.device):
+                patches = self.proposer(images, sizes) if sizes else []
+            patches = to_float32(patches)
         out = self.forward(images, patches, names, num_things=num_things, image_sizes=sizes)
         if not sizes:
             return []
@@ -480,7 +503,10 @@ class SAMCP(PretrainedModule):
         merged = merge_patches(out.affinities[-1], masks, pad)
         text = self.text_embeddings(names).to(images.device, images.dtype)
         s = out.num_semantic
-        dense_all = self._dense_features(images, sizes) if self.open_vocabulary is not None else []
+        dense_all: list[Tensor] = []
+        if self.open_vocabulary is not None:
+            with self.precision_context(images.device):
+                dense_all = to_float32(self._dense_features(images, sizes))
         results = []
         for i, (p, (h, w)) in enumerate(zip(patches, sizes, strict=True)):
             k = s + p.num_patches  # this image's real queries
@@ -639,6 +665,7 @@ def build_sam_cp(cfg: SAMCPConfig | dict | str | None = None, **overrides: Any) 
     )
     check_unit_interval(cfg.affinity_threshold, name="affinity_threshold")
     check_unit_interval(cfg.kappa, name="kappa")
+    check_precision(cfg.precision, name="precision")
     clip = _build_clip(cfg)
     proposer = None
     if cfg.build_proposer:

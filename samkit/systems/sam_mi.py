@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image, check_shape
+from samkit._precision import Precision, check_precision, to_float32
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
@@ -100,6 +101,7 @@ class SAMMIConfig:
     tspp_lr_multiplier: float = 0.1  # TSPP lr in stage 2 = lr x this [open: "reduced"]
     image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
     encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
+    precision: Precision = "fp32"  # "bf16": CLIP image side, TSPP, SAM, heads in bf16 autocast
 
     @classmethod
     def tiny(cls, **overrides: Any) -> SAMMIConfig:
@@ -351,7 +353,7 @@ class SAMMI(PretrainedModule):
             class_names: The `T >= 1` class names; one `str` is one class.
 
         Returns:
-            The prompter's `TSPPOutput`.
+            The prompter's `TSPPOutput` (float32 with `config.precision="bf16"`).
 
         Raises:
             ValueError: If the model has no prompter, `images` is not a valid image batch or no
@@ -361,10 +363,12 @@ class SAMMI(PretrainedModule):
             raise ValueError("this SAM-MI has no prompter")
         images = as_image(images, name="images")
         check_shape(images, "B 3 H W", name="images")
-        dense = self.encode_clip(images, taps=False)
-        out = self._prompt(dense.features, self.encode_text(class_names))
+        text = self.encode_text(class_names)  # float32 (cached) whatever the precision
+        with self.precision_context(images.device):
+            dense = self.encode_clip(images, taps=False)
+            out = self._prompt(dense.features, text)
         assert out is not None
-        return out
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     def _prompt(self, features: Tensor, text: Tensor) -> TSPPOutput | None:
         # stop-gradient towards CLIP's visual encoder (SAM-MI §3.2); the text side may learn
@@ -416,7 +420,9 @@ class SAMMI(PretrainedModule):
 
         Returns:
             `SAMMIOutput` with `logits (B, T, h', w')` (4x the CLIP grid), the points, SAM masks,
-            aggregated masks and the prompter's outputs.
+            aggregated masks and the prompter's outputs. With `config.precision="bf16"` CLIP's
+            image tower, TSPP, SAM, the injection and the aggregator run under bfloat16
+            autocast (the class text embeddings stay float32) and the outputs are float32.
 
         Raises:
             ValueError: If `images` is not a valid image batch (NaN/Inf, float values outside
@@ -424,14 +430,20 @@ class SAMMI(PretrainedModule):
         """
         s = check_shape(images, "B 3 H W", name="images")
         images = as_image(images, name="images")
-        text = self.encode_text(class_names)
+        text = self.encode_text(class_names)  # float32 (cached) whatever the precision
+        with self.precision_context(images.device):
+            out = self._segment(images, text, s["B"])
+        return to_float32(out) if self.config.precision == "bf16" else out
+
+    def _segment(self, images: Tensor, text: Tensor, batch: int) -> SAMMIOutput:
+        """`forward`'s computation on checked inputs (under the model's precision)."""
         dense = self.encode_clip(images)
         tspp = self._prompt(dense.features, text)
         taps = self.aggregator.upsample_taps(dense.intermediates)
         mask_size = taps[-1].shape[-2:]
         with torch.no_grad():
             embedding = self.encode_sam(images)
-            points, valid = self._points(tspp, s["B"], embedding.input_size, images.device)
+            points, valid = self._points(tspp, batch, embedding.input_size, images.device)
             sam_masks = point_masks(
                 self.sam,
                 embedding,
@@ -532,6 +544,7 @@ def build_sam_mi(
         presets={"tiny": SAMMIConfig.tiny, "tiny-synth": SAMMIConfig.tiny_synth},
         system="SAM-MI",
     )
+    check_precision(cfg.precision, name="precision")
     custom = tuple(n for n, given in (("sam", sam), ("clip", clip)) if given is not None)
     if clip is None:
         clip = build_clip_backbone(cfg.clip_name, cfg.clip_checkpoint, quick_gelu=cfg.quick_gelu)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image
+from samkit._precision import Precision, check_precision, to_float32
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
@@ -93,6 +94,7 @@ class SSPSAMConfig:
     text_cache_size: int = 0  # expressions whose CLIP text encodings are cached (LRU; 0: off)
     image_cache_size: int = 0  # images whose SAM / CLIP encodings are cached (LRU; 0: off)
     encoder_batch_size: int = 8  # images per SAM / CLIP encoder call (bounds memory; 0: all)
+    precision: Precision = "fp32"  # "bf16": encoders, prompt generator, decoder in bf16 autocast
 
 
 SSPSAMOutput = ReferringOutput
@@ -267,24 +269,29 @@ class SSPSAM(PretrainedModule):
         With `config.image_cache_size > 0` each image's embedding is cached, keyed by its
         content (SHA-256 of its bytes, shape, dtype, device), the call context and SAM's
         weight state (see `docs/performance/caches.md`); bypassed while gradients could flow.
+        With `config.precision="bf16"` SAM runs under bf16 autocast and the embeddings are
+        float32; otherwise they are in SAM's compute dtype.
 
         Args:
             images: RGB images `(B, 3, H, W)`: float in `[0, 1]` or uint8 (divided by 255).
         """
-        return self._image_caches["sam"].images(
-            sam_encoder_parts(self.sam) or [self.sam],
-            images,
-            "sam",
-            lambda i: self.sam.encode(images[i]),
-            batch_size=self.config.encoder_batch_size,
-        )
+        with self.precision_context(images.device):
+            out = self._image_caches["sam"].images(
+                sam_encoder_parts(self.sam) or [self.sam],
+                images,
+                "sam",
+                lambda i: self.sam.encode(images[i]),
+                batch_size=self.config.encoder_batch_size,
+            )
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     def encode_clip(self, images: Tensor) -> ClipDenseOutput:
         """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas.
 
         `images` follow the image contract (uint8, or float in `[0, 1]`; see `forward`).
         Encoded `config.encoder_batch_size` images at a time and cached per image like
-        `encode_sam` (plus the canvas size and surgery depth).
+        `encode_sam` (plus the canvas size and surgery depth). With `config.precision="bf16"`
+        CLIP runs under bf16 autocast and the features are float32.
         """
         cfg = self.config
 
@@ -292,13 +299,15 @@ class SSPSAM(PretrainedModule):
             canvas = letterbox(images[index], size=cfg.clip_image_size, fill=self.clip.pixel_mean)
             return self.clip.encode_dense(canvas, mode="surgery", surgery_depth=cfg.surgery_depth)
 
-        return self._image_caches["clip"].images(
-            [self.clip],
-            images,
-            ("surgery", cfg.clip_image_size, cfg.surgery_depth),
-            compute,
-            batch_size=cfg.encoder_batch_size,
-        )
+        with self.precision_context(images.device):
+            out = self._image_caches["clip"].images(
+                [self.clip],
+                images,
+                ("surgery", cfg.clip_image_size, cfg.surgery_depth),
+                compute,
+                batch_size=cfg.encoder_batch_size,
+            )
+        return to_float32(out) if cfg.precision == "bf16" else out
 
     # ------------------------------------------------------------------ trainable path
     def prompt(self, clip_features: ClipDenseOutput, text: TextEmbedding) -> SemanticSpatialPrompts:
@@ -354,7 +363,11 @@ class SSPSAM(PretrainedModule):
 
         Frozen parts can be precomputed and passed in (the reference caches SAM embeddings):
         `text` from `encode_text`, `clip_features` from `encode_clip`, `sam_embeddings` from
-        `sam.encode`. `images` may then be `None`.
+        `encode_sam` (or `sam.encode`). `images` may then be `None`.
+
+        With `config.precision="bf16"` the image encoders, the adapters, the prompt generator
+        and SAM's decoder run under bfloat16 autocast (on the images' device) and every floating
+        output is float32; the text tower stays in float32.
 
         Args:
             images: RGB images `(B, 3, H, W)`, one per expression: float in `[0, 1]` (any float
@@ -371,6 +384,7 @@ class SSPSAM(PretrainedModule):
             `ReferringOutput`: `low_res_logits (B, 1, 4h, 4w)` in SAM's padded input frame,
             `iou_scores (B, 1)`, `boxes (B, 4)` (normalised cxcywh on the CLIP canvas),
             `has_target (B,)`, `prompts (B, K, D)` and, with `upsample`, `logits (B, 1, H, W)`.
+            Float32 with `precision="bf16"`; otherwise in the model's compute dtype.
 
         Raises:
             ValueError: If neither images nor the matching precomputed inputs are given, if
@@ -396,7 +410,9 @@ class SSPSAM(PretrainedModule):
         if sam_embeddings is None:
             assert images is not None
             sam_embeddings = self.encode_sam(images)
-        return self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
+        with self.precision_context(sam_embeddings.embeddings.device):
+            out = self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     # ------------------------------------------------------------------ training helpers
     def heads(self) -> dict[str, nn.Module]:
@@ -475,7 +491,8 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         `set_decoder_frozen(False)` when that many epochs are done).
 
     Raises:
-        ValueError: For an unknown preset or field.
+        ValueError: For an unknown preset or field, or a `precision` other than `"fp32"` and
+            `"bf16"`.
 
     Examples:
         >>> model = build_ssp_sam("tiny", **REFERENCE_QUIRKS)
@@ -483,6 +500,7 @@ def build_ssp_sam(cfg: SSPSAMConfig | dict | str | None = None, **overrides: Any
         ('token', 64)
     """
     config = _resolve(cfg, overrides)
+    check_precision(config.precision, name="precision")
     clip = build_clip_backbone(
         config.clip_name, config.clip_checkpoint, quick_gelu=config.quick_gelu
     )

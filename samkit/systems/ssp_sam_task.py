@@ -198,7 +198,7 @@ class SSPSAMTask:
         first, inverse = distinct_images(images)
         unique = images[first]
         with torch.no_grad():
-            emb = model.encode_sam(unique)
+            emb = model.encode_sam(unique)  # under the model's precision
         clip_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in model.clip.parameters()
         )

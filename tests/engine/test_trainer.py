@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -240,9 +241,41 @@ def test_too_small_data_set_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_bf16_autocast_trains(tmp_path: Path) -> None:
     before = params(make_task())
-    after, _ = _fit(tmp_path, _config(steps=2, bf16=True))
+    after, _ = _fit(tmp_path, _config(steps=2, precision="bf16"))
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(v.dtype == torch.float32 for v in after.values())  # autocast: weights stay fp32
+
+
+def test_bf16_flag_is_a_deprecated_alias_of_precision(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="precision='bf16'"):
+        config = _config(steps=2, bf16=True)
+    assert config.precision == "bf16" and "bf16" not in config.to_dict()
+    with pytest.warns(DeprecationWarning):
+        assert _config(bf16=False).precision == "fp32"
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="contradicts"):
+        _config(bf16=False, precision="bf16")
+    with pytest.raises(ValueError, match=r"precision: expected one of \['fp32', 'bf16'\]"):
+        _config(precision="fp16")
+    # the alias trains exactly as precision="bf16" does
+    alias, _ = _fit(tmp_path / "alias", config)
+    named, _ = _fit(tmp_path / "named", _config(steps=2, precision="bf16"))
+    _assert_same(alias, named)
+
+
+def test_resume_reads_the_bf16_flag_of_older_checkpoints(tmp_path: Path) -> None:
+    _fit(tmp_path, _config(steps=2, precision="bf16"))
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    state = load_checkpoint(path)
+    saved = {k: v for k, v in state["config"].items() if k != "precision"}
+    state["config"] = {**saved, "bf16": True}  # what checkpoints held before `precision`
+    torch.save(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same precision: no "different configuration" warning
+        _fit(tmp_path, _config(steps=2, precision="bf16"), resume=True)
+    with pytest.warns(UserWarning, match="precision: 'bf16' -> 'fp32'"):
+        _fit(tmp_path, _config(steps=2), resume=True)
 
 
 def test_augment_names_a_preset_and_needs_a_samkit_batch(tmp_path: Path) -> None:
