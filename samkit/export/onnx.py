@@ -201,6 +201,10 @@ def _export(
     module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
+            # The GRU's flat weights are re-assigned while tracing: harmless for a frozen graph.
+            warnings.filterwarnings(
+                "ignore", message=r".*assigned during export", category=UserWarning
+            )
             # torch.export first, so that an axis the code specialises raises here instead of
             # being fixed silently by the ONNX exporter's fallbacks
             program = torch.export.export(
@@ -374,9 +378,10 @@ def export_ssp_sam_prompt(
     tokenisation stays in Python), `image_embeddings (B, D, h, w)` (`model.sam.encode(images)`
     or the SAM encoder graph). `L` is fixed to the model's text length (`config.text_length`,
     else CLIP's 77), which `SSPSAM.tokenize` always produces: the linguistic adapter's GRU is
-    unrolled over the tokens when traced. Outputs: `low_res_logits (B, 1, 4h, 4w)`, `iou_scores (B, 1)`,
-    `boxes (B, 4)` (normalised cxcywh on the CLIP canvas), `has_target (B,)` bool,
-    `prompts (B, Q, D)` and, with `config.target_head`, `target_logits (B,)`.
+    unrolled over the tokens when traced. Outputs: `low_res_logits (B, 1, 4h, 4w)`,
+    `iou_scores (B, 1)`, `boxes (B, 4)` (normalised cxcywh on the CLIP canvas),
+    `has_target (B,)` bool, `prompts (B, Q, D)` and, with `config.target_head`,
+    `target_logits (B,)`.
 
     Args:
         model: An `SSPSAM` with a SAM v1 backbone (tested: presets `tiny`, `tiny-synth`).
