@@ -160,9 +160,33 @@ class _SSPSAMPromptGraph(nn.Module):
 # ---------------------------------------------------------------------------- export core
 
 
-def _save(program: Any, path: Path) -> None:
-    """Write an `ONNXProgram` atomically: the `.onnx` file (and `.onnx.data` when > 2 GB)."""
+def _axis_names(program: torch.export.ExportedProgram, dynamic: Mapping[str, Any]) -> dict:
+    """torch.export's symbols (`s34`) of the dynamic input axes -> their `Dim` names (`B`)."""
+    names: dict[str, str] = {}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in dynamic:
+            shape = node.meta["val"].shape
+            for axis, dim in dynamic[node.name].items():
+                names[str(shape[axis])] = str(dim.__name__)
+    return names
+
+
+def _save(program: Any, path: Path, axis_names: Mapping[str, str]) -> None:
+    """Write an `ONNXProgram` atomically: the `.onnx` file (and `.onnx.data` when > 2 GB).
+
+    Symbolic axes are renamed from torch.export's symbols to the `Dim` names (`B`, `K`, `N`).
+    """
+    import re
+
+    onnx = _require("onnx")
     proto = program.model_proto
+    if axis_names:
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, axis_names)) + r")\b")
+        graph = proto.graph
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    dim.dim_param = pattern.sub(lambda m: axis_names[m.group(1)], dim.dim_param)
     if proto.ByteSize() < _PROTOBUF_LIMIT:
         write_atomic(path, proto.SerializeToString())
         return
@@ -170,7 +194,9 @@ def _save(program: Any, path: Path) -> None:
     # written in a temporary folder next to `path` and renamed into place, the data first.
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
-        program.save(str(staged), external_data=True)
+        onnx.save_model(
+            proto, str(staged), save_as_external_data=True, location=f"{path.name}.data"
+        )
         for extra in sorted(Path(tmp).iterdir()):
             if extra != staged:
                 os.replace(extra, path.parent / extra.name)
@@ -224,7 +250,7 @@ def _export(
             m.training = mode
     if onnx_program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export returned no program")
-    _save(onnx_program, out)
+    _save(onnx_program, out, _axis_names(program, dynamic_shapes))
     return out
 
 

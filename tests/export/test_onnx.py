@@ -216,6 +216,19 @@ def test_ssp_sam_prompt_path_matches_pytorch(preset: str, tmp_path: Path) -> Non
         assert torch.equal(out["has_target"], ref.has_target)
 
 
+def test_dynamic_axes_are_named(decoder: Path) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert shapes == {
+        "image_embeddings": ["B", 32, 16, 16],
+        "point_coords": ["B", "K", "N", 2],
+        "point_labels": ["B", "K", "N"],
+    }
+    assert [o.shape for o in session.get_outputs()] == [["B", "K", 3, 64, 64], ["B", "K", 3]]
+
+
 def test_missing_onnx_packages_name_the_extra(
     tiny_sam, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
