@@ -483,7 +483,7 @@ def run_onnx(
     expected = [i.name for i in session.get_inputs()]
     if sorted(expected) != sorted(inputs):
         raise ValueError(f"inputs: expected the names {expected}, got {sorted(inputs)}")
-    feeds = {name: inputs[name].detach().cpu().numpy() for name in expected}
+    feeds = {name: inputs[name].detach().cpu().contiguous().numpy() for name in expected}
     start = time.perf_counter()
     values = session.run(None, feeds)
     seconds = time.perf_counter() - start
