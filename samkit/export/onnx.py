@@ -106,7 +106,7 @@ class _SamDecoderGraph(nn.Module):
         self.input_size = (
             (side, side)
             if original_size is None
-            else sam.preprocess(torch.zeros(1, 3, *original_size))[1]
+            else sam.preprocess(torch.zeros(1, 3, *original_size, device=_on(sam)[0]))[1]  # type: ignore[arg-type]
         )
         self.upsample = original_size is not None
 
