@@ -110,6 +110,7 @@ if not TYPE_CHECKING:
             "cli",
             "data",
             "engine",
+            "export",
             "losses",
             "matching",
             "metrics",

@@ -115,7 +115,8 @@ class Prompts(_TensorFieldsMixin):
         if (self.points is None) != (self.labels is None):
             raise ValueError("Prompts: points and labels must be given together")
         shapes = self._leading_shapes()
-        if len(set(shapes.values())) > 1:
+        leading = list(shapes.values())
+        if any(s != leading[0] for s in leading[1:]):  # no set(): SymInts are unhashable
             got = ", ".join(f"{k}={v}" for k, v in shapes.items())
             raise ValueError(f"Prompts: all fields must share (B, K); got {got}")
         if self.points is not None and self.labels is not None:
@@ -154,7 +155,8 @@ class Prompts(_TensorFieldsMixin):
                     raise ValueError(
                         f"Prompts.{f.name}: expected leading (B, K) axes, got {tuple(value.shape)}"
                     )
-                out[f.name] = (int(value.shape[0]), int(value.shape[1]))
+                # sizes stay symbolic under torch.export (no int(): it would specialise B, K)
+                out[f.name] = (value.shape[0], value.shape[1])
         return out
 
     @property
@@ -255,7 +257,7 @@ class ImageEmbedding(_TensorFieldsMixin):
     @property
     def batch_size(self) -> int:
         """Number of images `B`."""
-        return int(self.embeddings.shape[0])
+        return self.embeddings.shape[0]  # no int(): stays symbolic under torch.export
 
     def select(self, index: int | slice | Tensor) -> ImageEmbedding:
         """Return the embedding of a subset of the batch (the sizes are shared)."""

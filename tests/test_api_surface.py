@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "samkit.cli",
     "samkit.data",
     "samkit.engine",
+    "samkit.export",
     "samkit.losses",
     "samkit.matching",
     "samkit.metrics",

@@ -23,6 +23,7 @@ LAZY_PACKAGES = [
     "samkit.backbones",
     "samkit.data",
     "samkit.engine",
+    "samkit.export",
     "samkit.losses",
     "samkit.metrics",
     "samkit.modules",

@@ -1,4 +1,4 @@
-"""The `samkit` command line: `demo`, `train`, `eval` and `predict`.
+"""The `samkit` command line: `demo`, `train`, `eval`, `predict`, `pretrain`, `export-onnx`.
 
 Each command is a thin layer over the library (`samkit.data` readers and data files,
 `samkit.engine` training and evaluation, `save_pretrained` / `load_pretrained`), lives in its own
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from samkit.cli import demo, evaluate, predict, pretrain, train
+from samkit.cli import demo, evaluate, export_onnx, predict, pretrain, train
 from samkit.cli.demo import RANDOM_WEIGHTS_NOTE, UNTRAINED_HEADS_NOTE, run_demo
 
 __all__ = ["RANDOM_WEIGHTS_NOTE", "UNTRAINED_HEADS_NOTE", "build_parser", "main", "run_demo"]
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show tracebacks instead of one-line errors"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, train, evaluate, predict, pretrain):
+    for command in (demo, train, evaluate, predict, pretrain, export_onnx):
         command.add_parser(sub)
     return parser
 

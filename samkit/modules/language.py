@@ -44,9 +44,29 @@ def masked_phrase_attention(scores: Tensor, padding_mask: Tensor, *, eps: float 
     return attn / attn.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def _compact_index(padding_mask: Tensor) -> Tensor:
-    """Stable order that puts valid tokens first, keeping their relative order: `(B, L)`."""
-    return torch.sort(padding_mask.to(torch.uint8), dim=-1, stable=True).indices
+def _compact_index(padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Stable order that puts valid tokens first, keeping their relative order, and its inverse.
+
+    Computed with cumulative sums and a scatter rather than a stable sort, so that the ONNX
+    export of the adapter needs no sort (ONNX has no stable sort).
+
+    Returns:
+        `order (B, L)` (position of the token that moves to each slot) and `rank (B, L)` (slot
+        each token moves to), inverse permutations of each other.
+    """
+    valid = (~padding_mask).long()
+    pad = 1 - valid
+    num_valid = valid.sum(-1, keepdim=True)
+    rank = torch.where(valid.bool(), valid.cumsum(-1) - 1, num_valid + pad.cumsum(-1) - 1)
+    positions = torch.arange(padding_mask.shape[-1], device=padding_mask.device)
+    order = torch.zeros_like(rank).scatter(-1, rank, positions.expand_as(rank))
+    return order, rank
+
+
+def _wrap(index: Tensor, length: int) -> Tensor:
+    """`index % length` for indices in `[-length, 2 * length)`, without a modulo (ONNX export)."""
+    index = torch.where(index < 0, index + length, index)
+    return torch.where(index >= length, index - length, index)
 
 
 def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
@@ -120,17 +140,16 @@ class LinguisticAttentionAdapter(nn.Module):
             return self.gru(words)[0]
         dim = self.gru.hidden_size
         length = words.shape[1]
-        order = _compact_index(padding_mask)  # valid tokens first
-        inverse = torch.argsort(order, dim=-1)
+        order, inverse = _compact_index(padding_mask)  # valid tokens first
         right = _gather_tokens(words, order)  # valid tokens at the start
         # Shift every text so its valid tokens end at position L - 1: the backward direction then
         # starts at the last valid token.
         num_valid = (~padding_mask).sum(-1, keepdim=True)  # (b, 1)
         pos = torch.arange(length, device=words.device)[None, :]
-        shift = (pos - (length - num_valid)) % length
+        shift = _wrap(pos - (length - num_valid), length)
         left = _gather_tokens(right, shift)
         forward = self.gru(right)[0][..., :dim]
         backward = self.gru(left)[0][..., dim:]
-        backward = _gather_tokens(backward, (pos + (length - num_valid)) % length)
+        backward = _gather_tokens(backward, _wrap(pos + (length - num_valid), length))
         hidden = torch.cat([forward, backward], dim=-1)
         return _gather_tokens(hidden, inverse)

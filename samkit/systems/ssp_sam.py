@@ -313,12 +313,38 @@ class SSPSAM(PretrainedModule):
     def prompt(self, clip_features: ClipDenseOutput, text: TextEmbedding) -> SemanticSpatialPrompts:
         """Run the adapters, the fusion and the prompt generator (spec §1.2 steps 2-8)."""
         assert text.token_states is not None and text.padding_mask is not None
-        patches = clip_patch_tokens(
-            clip_features.features, clip_features.cls, axis=self.config.feature_norm
+        return self.prompt_from_tensors(
+            clip_features.features,
+            clip_features.cls,
+            text.embeddings,
+            text.token_states,
+            text.padding_mask,
         )
-        similarity = similarity_map(patches, text.embeddings)
-        lang = self.language(text.token_states, text.padding_mask)
-        visual = self.visual(patches, similarity, lang.words, text.padding_mask)
+
+    def prompt_from_tensors(
+        self,
+        clip_features: Tensor,
+        clip_cls: Tensor,
+        text_embeddings: Tensor,
+        token_states: Tensor,
+        padding_mask: Tensor,
+    ) -> SemanticSpatialPrompts:
+        """`prompt` on plain tensors (what the ONNX export of the prompt path traces).
+
+        Args:
+            clip_features: Dense CLIP features `(B, C_e, g, g)` (`ClipDenseOutput.features`).
+            clip_cls: CLIP's CLS embedding `(B, C_e)` (`ClipDenseOutput.cls`).
+            text_embeddings: Sentence embeddings `(B, C_e)` (`TextEmbedding.embeddings`).
+            token_states: Word states `(B, L, C_t)` (`TextEmbedding.token_states`).
+            padding_mask: `(B, L)` bool, True at padding (`TextEmbedding.padding_mask`).
+
+        Returns:
+            The `SemanticSpatialPrompts` of `prompt`.
+        """
+        patches = clip_patch_tokens(clip_features, clip_cls, axis=self.config.feature_norm)
+        similarity = similarity_map(patches, text_embeddings)
+        lang = self.language(token_states, padding_mask)
+        visual = self.visual(patches, similarity, lang.words, padding_mask)
         return self.prompt_encoder(self.fusion(visual, lang.sentence))
 
     def decode(
