@@ -288,6 +288,11 @@ class SSPSAM(PretrainedModule):
         `text` from `encode_text`, `clip_features` from `encode_clip`, `sam_embeddings` from
         `sam.encode`. `images` may then be `None`.
 
+        To compile it, tokenise outside: `compiled(images, tokens=model.tokenize(expressions))`
+        traces with no graph break under `torch.compile(model, fullgraph=True)` once
+        `torch._dynamo.config.allow_rnn = True` (the linguistic adapter is a BiGRU); see
+        `docs/performance/compile.md`.
+
         Args:
             images: RGB images `(B, 3, H, W)`, one per expression: float in `[0, 1]` (any float
                 dtype) or uint8 (divided by 255). `B = 0` gives empty outputs.
