@@ -6,7 +6,8 @@ preset and on the shipped `tiny-synth` weights; compiled outputs (backend `eager
 alone, `aot_eager` for the autograd graph too) are compared with the eager call. Tolerance: float32
 `atol=1e-5, rtol=1e-4` (`tests.conftest.TOLERANCES`); the `eager` backend reruns the same
 kernels, so it matches exactly. Inductor (generated kernels, another float32 summation order) is
-checked under `slow` with `atol=rtol=1e-4`: it takes minutes to compile here. See `docs/performance/compile.md`.
+checked under `slow` with `atol=rtol=1e-4`: it takes minutes to compile here. See
+`docs/performance/compile.md`.
 """
 
 from __future__ import annotations
