@@ -18,6 +18,9 @@ fullgraph=True)`, default mode); `inductor-dynamic` (the same with `dynamic=True
 per call: the median of `--repeats` samples (each the mean of `--inner` calls) after two warm-up
 calls, with the range; "first call" is the wall time of the first call (compilation included).
 "max |diff|" is the largest absolute difference from the eager output of the same process.
+Compiled modes also time the eager function in the same process, each sample right after a
+compiled one (`eager_median_s`): separate processes on a shared machine see different loads,
+so only this same-process ratio measures the speed-up. `--name` sets the result files' stem.
 
     python benchmarks/compile.py
 """
@@ -80,13 +83,21 @@ with torch.no_grad():
     t = time.perf_counter(); got = run(*args); out["first_call_s"] = time.perf_counter() - t
     out["max_abs_diff"] = float((got - ref).abs().max())
     run(*args); run(*args)
-    samples = []
+    samples, eager_samples = [], []
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(inner):
             run(*args)
         samples.append((time.perf_counter() - t) / inner)
+        if mode != "eager":  # eager samples interleaved in the same process: same load
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn(*args)
+            eager_samples.append((time.perf_counter() - t) / inner)
     out.update(median_s=statistics.median(samples), min_s=min(samples), max_s=max(samples))
+    if eager_samples:
+        out.update(eager_median_s=statistics.median(eager_samples), eager_min_s=min(eager_samples),
+                   eager_max_s=max(eager_samples))
     out["graphs_after_first_shape"] = graphs() if mode != "eager" else 0
     for k, a in others.items():
         t = time.perf_counter(); got = run(*a)
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=5, help="timed samples after two warm-ups")
     p.add_argument("--inner", type=int, default=5, help="calls averaged in one sample")
     p.add_argument("--tasks", default="sam_decoder,ssp_sam")
+    p.add_argument("--name", default="compile", help="stem of the result files")
     p.add_argument(
         "--modes",
         default=None,
@@ -181,14 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res["results"].setdefault(task, {})[mode] = out
                 print(task, mode, out, flush=True)
                 res["machine"]["load_average_after"] = list(os.getloadavg())
-                _write(res)
+                _write(res, args.name)
     return res
 
 
-def _write(res: dict[str, Any]) -> None:
+def _write(res: dict[str, Any], name: str) -> None:
     """Write the results so far as JSON and as Markdown tables."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compile.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
     lines = [
         "| path | mode | first call (s) | per call ms, median [range] | speed-up | max diff "
         "| graphs |",
@@ -218,7 +230,7 @@ def _write(res: dict[str, Any]) -> None:
             for mode, r in per_mode.items()
             if "graphs_after_all_shapes" in r
         )
-    (RESULTS / "compile.md").write_text(table + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table, flush=True)
 
 
