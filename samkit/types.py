@@ -115,8 +115,10 @@ class Prompts(_TensorFieldsMixin):
         if (self.points is None) != (self.labels is None):
             raise ValueError("Prompts: points and labels must be given together")
         shapes = self._leading_shapes()
-        leading = list(shapes.values())
-        if any(s != leading[0] for s in leading[1:]):  # no set(): SymInts are unhashable
+        # compared pairwise, not through a set: hashing symbolic sizes would fix `K` under
+        # `torch.compile(dynamic=True)`
+        first = next(iter(shapes.values()), None)
+        if any(v != first for v in shapes.values()):
             got = ", ".join(f"{k}={v}" for k, v in shapes.items())
             raise ValueError(f"Prompts: all fields must share (B, K); got {got}")
         if self.points is not None and self.labels is not None:
@@ -155,7 +157,7 @@ class Prompts(_TensorFieldsMixin):
                     raise ValueError(
                         f"Prompts.{f.name}: expected leading (B, K) axes, got {tuple(value.shape)}"
                     )
-                # sizes stay symbolic under torch.export (no int(): it would specialise B, K)
+                # symbolic under torch.export and torch.compile (int() would specialise B, K)
                 out[f.name] = (value.shape[0], value.shape[1])
         return out
 

@@ -299,7 +299,8 @@ class ClipBackbone(nn.Module):
 
     def _decode_all(self, tokens: Tensor, eot: Tensor) -> list[str]:
         decode = getattr(self.tokenizer, "decode", None)
-        if decode is None:
+        # decoding reads the token values (a device sync and a graph break): not while tracing
+        if decode is None or torch.compiler.is_compiling():
             return [""] * int(tokens.shape[0])
         ends = eot.tolist()
         return [
@@ -316,7 +317,9 @@ class ClipBackbone(nn.Module):
         Returns:
             `TextEmbedding` with L2-normalised `embeddings (T, C_e)` (EOT state @ projection),
             `token_states (T, L, text_width)` after `ln_final` (not projected), `padding_mask
-            (T, L)` True after the EOT token, `tokens`, and the decoded `texts`.
+            (T, L)` True after the EOT token, `tokens`, and the decoded `texts`. Under
+            `torch.compile` the tokens are not decoded (that reads their values), so `texts`
+            holds empty strings unless given.
         """
         sizes = check_shape(tokens, "T L", name="tokens")
         if sizes["L"] > self.context_length:

@@ -427,14 +427,14 @@ class _SamPipeline(nn.Module):
         check_shape(labels, "B N", name="labels", known=s)
         _check_point_labels(labels, name="labels")
         check_positive(batch_size, name="batch_size")
+        if s["N"] <= batch_size:  # one batch (N = 0 too); a bound, not a fixed N, when compiled
+            prompts = Prompts(points=points[:, :, None, :], labels=labels[:, :, None])
+            return self.predict(embedding, prompts, multimask=multimask, upsample=upsample)
         chunks: list[MaskPrediction] = []
         for start in range(0, s["N"], batch_size):
             sl = slice(start, start + batch_size)
             prompts = Prompts(points=points[:, sl, None, :], labels=labels[:, sl, None])
             chunks.append(self.predict(embedding, prompts, multimask=multimask, upsample=upsample))
-        if not chunks:  # N == 0
-            prompts = Prompts(points=points[:, :, None, :], labels=labels[:, :, None])
-            return self.predict(embedding, prompts, multimask=multimask, upsample=upsample)
         return MaskPrediction(
             low_res_logits=torch.cat([c.low_res_logits for c in chunks], dim=1),
             iou_scores=torch.cat([c.iou_scores for c in chunks], dim=1),

@@ -395,6 +395,11 @@ class SSPSAM(PretrainedModule):
         and SAM's decoder run under bfloat16 autocast (on the images' device) and every floating
         output is float32; the text tower stays in float32.
 
+        To compile it, tokenise outside: `compiled(images, tokens=model.tokenize(expressions))`
+        traces with no graph break under `torch.compile(model, fullgraph=True)` once
+        `torch._dynamo.config.allow_rnn = True` (the linguistic adapter is a BiGRU); see
+        `docs/performance/compile.md`.
+
         Args:
             images: RGB images `(B, 3, H, W)`, one per expression: float in `[0, 1]` (any float
                 dtype) or uint8 (divided by 255). `B = 0` gives empty outputs.
