@@ -30,12 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import machine, run_child
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,41 +109,11 @@ print("RESULT" + json.dumps(out))
 
 
 def _child(task: str, mode: str, repeats: int, inner: int, cache: Path) -> dict[str, Any]:
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        TORCHINDUCTOR_CACHE_DIR=str(cache),
-        TORCHINDUCTOR_COMPILE_THREADS="1",  # compile in-process: no worker pool on 2 cores
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, task, mode, str(repeats), str(inner)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return dict(json.loads(line[len("RESULT") :]))
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        lscpu = platform.processor()
-    return {
-        "lscpu": "\n".join(lscpu.splitlines()[:12]),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": 1,
-        "load_average": list(os.getloadavg()),
+    env = {
+        "TORCHINDUCTOR_CACHE_DIR": str(cache),
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",  # compile in-process: no worker pool on 2 cores
     }
+    return run_child(_CHILD, [task, mode, str(repeats), str(inner)], env=env)
 
 
 def _ms(x: float) -> str:
@@ -178,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     all_modes = "eager,inductor,inductor-warm-cache,inductor-dynamic"
     default_modes = {"sam_decoder": all_modes, "ssp_sam": "eager,inductor"}
     res: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": machine(1),
         "repeats": args.repeats,
         "inner": args.inner,
         "results": {},

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -222,19 +221,6 @@ def bench_like_for_like(
     }
 
 
-def _machine() -> dict[str, Any]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        lscpu = platform.processor()
-    return {
-        "lscpu": "\n".join(lscpu.splitlines()[:12]),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-    }
-
-
 def _ms(s: dict[str, float]) -> str:
     return f"{s['median'] * 1000:.1f} [{s['min'] * 1000:.1f}-{s['max'] * 1000:.1f}]"
 
@@ -325,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sam": args.sam + (" (shipped weights)" if args.sam == "tiny-synth" else " (random)"),
         "size": args.size,
         "repeats": args.repeats,
-        "machine": _machine(),
+        "machine": machine(torch.get_num_threads()),
     }
     with torch.inference_mode():
         res["samkit"] = bench_samkit(sam, image, args.repeats, args.mask_size, (1024, 41, 64))

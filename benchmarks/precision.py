@@ -31,42 +31,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import commit, machine
 from torch import Tensor, nn
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("fp32", "bf16", "cast")
-
-
-def _machine(threads: int) -> dict[str, Any]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        lscpu, load = platform.processor(), []
-    return {
-        "lscpu": "\n".join(lscpu.splitlines()[:12]),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": threads,
-        "load_average_at_start": load,
-    }
-
-
-def _commit() -> str:
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-    return f"{head.stdout.strip() or '?'}{'+dirty' if dirty.stdout.strip() else ''}"
 
 
 def _rel(ref: Tensor, out: Tensor) -> float:
@@ -161,8 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     image = generate_scene(0, size=128).image[None]
     res: dict[str, Any] = {
-        "machine": _machine(args.threads),
-        "commit": _commit(),
+        "machine": machine(args.threads),
+        "commit": commit(),
         "repeats": args.repeats,
         "modes": list(modes),
         "results": {},

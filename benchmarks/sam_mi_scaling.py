@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from _common import commit, machine, run_child
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,45 +79,6 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def _child(task: str, repeats: int, src: Path) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, task, str(repeats)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=src,
-    )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return dict(json.loads(line[len("RESULT") :]))
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        lscpu = platform.processor()
-    return {
-        "lscpu": "\n".join(lscpu.splitlines()[:12]),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": 1,
-    }
-
-
-def _commit(src: Path) -> str:
-    """`path @ commit` of a source tree (`+dirty` when it has uncommitted changes)."""
-    git = ["git", "-C", str(src)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
-    return f"{src} @ {head.stdout.strip() or '?'}{'+dirty' if dirty.stdout.strip() else ''}"
-
-
 def _fmt(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']}"
@@ -138,15 +97,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trees = {"this tree": ROOT}
     if args.baseline is not None:
         trees = {"baseline": args.baseline.resolve(), **trees}
-    res: dict[str, Any] = {"machine": _machine(), "repeats": args.repeats, "results": {}}
-    res["trees"] = {label: _commit(src) for label, src in trees.items()}
+    res: dict[str, Any] = {"machine": machine(1), "repeats": args.repeats, "results": {}}
+    res["trees"] = {label: commit(src) for label, src in trees.items()}
     for task in args.tasks.split(","):
         for label, src in trees.items():
             if task == "copy" and label == "baseline":
                 continue
             # the baseline TSPP at T = 1000 takes about a minute a call here: one timed call
             repeats = 1 if (task == "tspp1000" and label == "baseline") else args.repeats
-            out = _child(task, repeats, src)
+            out = run_child(_CHILD, [task, str(repeats)], src=src)
             out["repeats"] = repeats
             res["results"].setdefault(task, {})[label] = out
             print(task, label, out, flush=True)

@@ -30,15 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from sam_mi_scaling import _commit, _machine
+from _common import ROOT, commit, machine, run_child
 
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, resource, statistics, sys, time
@@ -163,22 +160,6 @@ LABELS = {
 }
 
 
-def _child(task: str, arg: int, repeats: int) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, task, str(arg), str(repeats)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    return dict(json.loads(line[len("RESULT") :]))
-
-
 def _fmt(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"error: {r['error']} | | "
@@ -195,16 +176,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     only = None if args.only is None else set(args.only.split(","))
     res: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": machine(1),
         "repeats": args.repeats,
-        "tree": _commit(ROOT),
+        "tree": commit(ROOT),
         "load_before": os.getloadavg(),
         "results": [],
     }
     for table, task, arg in TASKS:
         if only is not None and task not in only:
             continue
-        out = _child(task, arg, args.repeats)
+        out = run_child(_CHILD, [task, str(arg), str(args.repeats)])
         row = {"table": table, "task": task, "arg": arg, "label": LABELS[task].format(arg), **out}
         res["results"].append(row)
         print(row["label"], _fmt(out), flush=True)
