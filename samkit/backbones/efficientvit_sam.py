@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import Tensor, nn
 
@@ -268,7 +269,15 @@ class EfficientVitSamBackbone(SamBackbone):
         if sizes["B"] == 0:
             h, w = self.embedding_size
             return ImageEmbedding(weight.new_zeros(0, self.prompt_dim, h, w), input_size, original)
-        out = self.image_encoder(x.to(_compute_dtype(x, weight)))
+        dtype = _compute_dtype(x, weight)
+        half = dtype in (torch.bfloat16, torch.float16)
+        if half and not torch.is_autocast_enabled(x.device.type):
+            # The package upcasts its attention and upsampling outputs to float32 (made for
+            # autocast), so a half-precision model runs its encoder under autocast in its dtype.
+            with torch.autocast(x.device.type, dtype=dtype):
+                out = self.image_encoder(x.to(dtype)).to(dtype)
+        else:
+            out = self.image_encoder(x.to(dtype))
         return ImageEmbedding(embeddings=out, input_size=input_size, original_size=original)
 
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from samkit._checks import as_float, as_image, check_shape
 from samkit.backbones._optional import import_optional
 from samkit.backbones._sam_build import load_strict, read_state_dict
-from samkit.backbones._sam_ops import embed_boxes, embed_points
+from samkit.backbones._sam_ops import dense_positional_encoding, embed_boxes, embed_points
 from samkit.backbones.sam import _check_point_labels, _compute_dtype, _SamPipeline
 from samkit.types import ImageEmbedding, MaskPrediction, Prompts
 
@@ -442,8 +442,13 @@ class Sam2Backbone(_SamPipeline):
     # ------------------------------------------------------------------ prompts
 
     def dense_pe(self) -> Tensor:
-        """Positional encoding of the embedding grid, `(1, D, h, w)` (`get_dense_pe`)."""
-        return self.prompt_encoder.get_dense_pe()  # type: ignore[no-any-return]
+        """Positional encoding of the embedding grid, `(1, D, h, w)` (`get_dense_pe`).
+
+        Computed as SAM's (`_sam_ops.dense_positional_encoding`: float32 Fourier features, in
+        the prompt encoder's dtype), so a bfloat16 model works (`get_dense_pe` multiplies
+        float32 coordinates by the bfloat16 Gaussian matrix and fails).
+        """
+        return dense_positional_encoding(self.prompt_encoder)  # type: ignore[arg-type]
 
     def embed_prompts(
         self, prompts: Prompts, *, batch_shape: tuple[int, int] | None = None

@@ -168,6 +168,21 @@ class TestBehaviour:
         sam = build_efficientvit_sam_backbone(TINY)
         checks.assert_decoder_gets_gradients(sam)
 
+    def test_bfloat16_model_encodes_like_autocast(self) -> None:
+        # the package upcasts attention and upsampling to float32 (made for autocast); a
+        # bfloat16 model must still encode, in bfloat16, close to the float32 and autocast runs
+        torch.manual_seed(0)
+        sam = build_efficientvit_sam_backbone(TINY).eval()
+        images = torch.rand(1, 3, 40, 56)
+        with torch.no_grad():
+            ref = sam.encode(images).embeddings
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                auto = sam.encode(images).embeddings
+            half = sam.to(torch.bfloat16).encode(images).embeddings
+        assert half.dtype == torch.bfloat16
+        for other in (ref, auto.float()):  # weights rounded to bf16: close, not equal
+            assert ((half.float() - other).norm() / other.norm()).item() < 0.05
+
 
 class TestSystems(checks.SystemsChecks):
     variant = TINY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,20 @@ class TestBehaviour:
         missing = [n for n, ok in got.items() if not ok]
         assert not missing, missing
         assert sam.no_mem_embed.grad is not None
+
+    def test_dense_pe_equals_upstream_and_works_in_bfloat16(self) -> None:
+        sam = build_sam2_backbone(TINY)
+        assert _max_diff(sam.dense_pe(), sam.prompt_encoder.get_dense_pe()) <= 1e-6
+        # sam2's get_dense_pe multiplies float32 coordinates by the (bf16) Gaussian matrix
+        half = copy.deepcopy(sam).to(torch.bfloat16)
+        assert half.dense_pe().dtype == torch.bfloat16
+        images = torch.rand(1, 3, 32, 32)
+        prompts = Prompts(points=torch.rand(1, 2, 1, 2) * 256, labels=torch.ones(1, 2, 1))
+        with torch.no_grad():
+            ref = sam(images, prompts).low_res_logits
+            out = half(images, prompts).low_res_logits
+        assert out.dtype == torch.bfloat16 and bool(torch.isfinite(out).all())
+        assert ((out.float() - ref).norm() / ref.norm()).item() < 0.1
 
     def test_freeze(self) -> None:
         sam = build_sam2_backbone(TINY)
