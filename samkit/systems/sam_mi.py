@@ -307,16 +307,18 @@ class SAMMI(PretrainedModule):
             images: RGB images `(B, 3, H, W)` in `[0, 1]` (after `as_image`).
 
         Returns:
-            The `ImageEmbedding` of the batch (no gradients: SAM is frozen).
+            The `ImageEmbedding` of the batch (no gradients: SAM is frozen); float32 with
+            `config.precision="bf16"` (SAM then runs under bf16 autocast).
         """
-        with torch.no_grad():
-            return self._image_caches["sam"].images(
+        with torch.no_grad(), self.precision_context(images.device):
+            out = self._image_caches["sam"].images(
                 sam_encoder_parts(self.sam) or [],
                 images,
                 "sam",
                 lambda i: self.sam.encode(images[i]),
                 batch_size=self.config.encoder_batch_size,
             )
+        return to_float32(out) if self.config.precision == "bf16" else out
 
     def encode_clip(self, images: Tensor, *, taps: bool = True) -> ClipDenseOutput:
         """CLIP's value-path dense features (and the `clip_taps` block outputs) of `images`.
@@ -330,19 +332,22 @@ class SAMMI(PretrainedModule):
             taps: Also return the `config.clip_taps` block outputs.
 
         Returns:
-            `ClipDenseOutput` with `features (B, C_e, h, w)` and the taps.
+            `ClipDenseOutput` with `features (B, C_e, h, w)` and the taps; float32 with
+            `config.precision="bf16"` (CLIP then runs under bf16 autocast).
         """
         cfg = self.config
         blocks = tuple(cfg.clip_taps) if taps else ()
-        return self._image_caches["clip"].images(
-            [self.clip],
-            images,
-            ("value", cfg.clip_size, blocks),
-            lambda i: self.clip.encode_dense(
-                self._clip_input(images[i]), mode="value", intermediates=blocks
-            ),
-            batch_size=cfg.encoder_batch_size,
-        )
+        with self.precision_context(images.device):
+            out = self._image_caches["clip"].images(
+                [self.clip],
+                images,
+                ("value", cfg.clip_size, blocks),
+                lambda i: self.clip.encode_dense(
+                    self._clip_input(images[i]), mode="value", intermediates=blocks
+                ),
+                batch_size=cfg.encoder_batch_size,
+            )
+        return to_float32(out) if cfg.precision == "bf16" else out
 
     def prompter(self, images: Tensor, class_names: str | Sequence[str]) -> TSPPOutput:
         """CLIP + cost volume + TSPP only (what stage 1 trains).

@@ -257,6 +257,21 @@ class TestAutocast:
         assert float((ref.logits.argmax(1) == out.logits.argmax(1)).float().mean()) > 0.85
         assert rel_error(ref_tspp.prob, tspp.prob) < 0.005
 
+    def test_public_encoders_follow_the_precision(self, device: torch.device) -> None:
+        """`encode_sam` / `encode_clip` of SSP-SAM and SAM-MI run in bf16, return float32."""
+        for model, images in (
+            (_ssp(device), _ssp_images(device)),
+            (_mi(device), _mi_images(device)),
+        ):
+            model.config.precision = "bf16"
+            with torch.no_grad(), linear_dtypes(model) as seen:
+                sam = model.encode_sam(images)
+                clip = model.encode_clip(images)
+            assert under(seen, "sam.image_encoder") == {torch.bfloat16}
+            assert under(seen, "clip.model.visual") == {torch.bfloat16}
+            assert sam.embeddings.dtype == torch.float32
+            assert clip.features.dtype == torch.float32
+
 
 class TestModelCastToBfloat16:
     """`model.to(torch.bfloat16)`: forward and predict run, outputs finite and near fp32."""
