@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from samkit._io import write_atomic
-from samkit._precision import autocast
+from samkit._precision import autocast, to_float32
 
 __all__ = [
     "CONFIG_FILE",
@@ -58,6 +58,7 @@ _FORMAT = "samkit-pretrained"
 _SYSTEMS: dict[str, type[PretrainedModule]] = {}
 
 M = TypeVar("M", bound="PretrainedModule")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,16 @@ class PretrainedModule(nn.Module):
             ValueError: If `config.precision` is not `"fp32"` or `"bf16"`.
         """
         return autocast(getattr(self.config, "precision", "fp32"), device)
+
+    def precision_outputs(self, out: _T) -> _T:
+        """`out` as the system returns it: float32 under `precision="bf16"`, else unchanged.
+
+        With `"fp32"` nothing is cast, so a model cast with `.to(torch.bfloat16)` keeps
+        returning bfloat16 (see `samkit._precision.to_float32` for what is cast).
+        """
+        if getattr(self.config, "precision", "fp32") == "bf16":
+            return to_float32(out)
+        return out
 
     # ------------------------------------------------------------------ save
     def save_pretrained(

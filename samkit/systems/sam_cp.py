@@ -403,7 +403,7 @@ class SAMCP(PretrainedModule):
         text = self.text_embeddings(names).to(images.device, images.dtype)  # fp32, cached
         with self.precision_context(images.device):
             result = self._score(images, patches, text, num_things, num_sem, canvas, sizes)
-        return to_float32(result) if self.config.precision == "bf16" else result
+        return self.precision_outputs(result)
 
     def _score(
         self,

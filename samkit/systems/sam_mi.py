@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image, check_shape
-from samkit._precision import Precision, check_precision, to_float32
+from samkit._precision import Precision, check_precision
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone
 from samkit.modules.aggregation import ShallowMaskAggregator, point_masks
@@ -318,7 +318,7 @@ class SAMMI(PretrainedModule):
                 lambda i: self.sam.encode(images[i]),
                 batch_size=self.config.encoder_batch_size,
             )
-        return to_float32(out) if self.config.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     def encode_clip(self, images: Tensor, *, taps: bool = True) -> ClipDenseOutput:
         """CLIP's value-path dense features (and the `clip_taps` block outputs) of `images`.
@@ -347,7 +347,7 @@ class SAMMI(PretrainedModule):
                 ),
                 batch_size=cfg.encoder_batch_size,
             )
-        return to_float32(out) if cfg.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     def prompter(self, images: Tensor, class_names: str | Sequence[str]) -> TSPPOutput:
         """CLIP + cost volume + TSPP only (what stage 1 trains).
@@ -373,7 +373,7 @@ class SAMMI(PretrainedModule):
             dense = self.encode_clip(images, taps=False)
             out = self._prompt(dense.features, text)
         assert out is not None
-        return to_float32(out) if self.config.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     def _prompt(self, features: Tensor, text: Tensor) -> TSPPOutput | None:
         # stop-gradient towards CLIP's visual encoder (SAM-MI §3.2); the text side may learn
@@ -438,7 +438,7 @@ class SAMMI(PretrainedModule):
         text = self.encode_text(class_names)  # float32 (cached) whatever the precision
         with self.precision_context(images.device):
             out = self._segment(images, text, s["B"])
-        return to_float32(out) if self.config.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     def _segment(self, images: Tensor, text: Tensor, batch: int) -> SAMMIOutput:
         """`forward`'s computation on checked inputs (under the model's precision)."""

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from samkit._cache import CacheInfo, EmbeddingCache, check_size
 from samkit._checks import as_class_names, as_image
-from samkit._precision import Precision, check_precision, to_float32
+from samkit._precision import Precision, check_precision
 from samkit.backbones._encoder_parts import sam_encoder_parts
 from samkit.backbones.clip import ClipBackbone, build_clip_backbone, similarity_map
 from samkit.backbones.sam import SamBackbone, build_sam_backbone
@@ -283,7 +283,7 @@ class SSPSAM(PretrainedModule):
                 lambda i: self.sam.encode(images[i]),
                 batch_size=self.config.encoder_batch_size,
             )
-        return to_float32(out) if self.config.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     def encode_clip(self, images: Tensor) -> ClipDenseOutput:
         """CLIP-Surgery dense features `(B, C_e, h, w)` and CLS `(B, C_e)` on the CLIP canvas.
@@ -307,7 +307,7 @@ class SSPSAM(PretrainedModule):
                 compute,
                 batch_size=cfg.encoder_batch_size,
             )
-        return to_float32(out) if cfg.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     # ------------------------------------------------------------------ trainable path
     def prompt(self, clip_features: ClipDenseOutput, text: TextEmbedding) -> SemanticSpatialPrompts:
@@ -443,7 +443,7 @@ class SSPSAM(PretrainedModule):
             sam_embeddings = self.encode_sam(images)
         with self.precision_context(sam_embeddings.embeddings.device):
             out = self.decode(sam_embeddings, self.prompt(clip_features, text), upsample=upsample)
-        return to_float32(out) if self.config.precision == "bf16" else out
+        return self.precision_outputs(out)
 
     # ------------------------------------------------------------------ training helpers
     def heads(self) -> dict[str, nn.Module]:
