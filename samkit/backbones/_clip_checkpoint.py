@@ -223,7 +223,9 @@ def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> ClipCheckpoint:
     """Read a CLIP state dict from a local file and what it says about QuickGELU.
 
     Accepts a TorchScript archive (OpenAI's release), a `torch.save`d state dict (optionally
-    under a `state_dict` key, optionally with a `module.` prefix), or a `.safetensors` file.
+    under a `state_dict` key, optionally with a `module.` prefix), or a `.safetensors` file; a
+    `ClipBackbone` state dict (every key under `model.`, what `samkit pretrain clip` writes) is
+    read as the open_clip model's.
     Pickles are read with `weights_only=True` only (`samkit._io.read_checkpoint`).
 
     The activation is read, in this order, from: the activation modules of a TorchScript archive
@@ -265,6 +267,9 @@ def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> ClipCheckpoint:
         if isinstance(obj, dict)
         else {}
     )
+    if state and all(k.startswith("model.") for k in state):
+        # samkit's own layout: a `ClipBackbone` state dict, as `samkit pretrain clip` writes.
+        state = {k[len("model.") :]: v for k, v in state.items()}
     if not state:
         raise ValueError(
             f"{path}: not a readable CLIP checkpoint: expected a state dict (a dict of tensors, "
