@@ -323,6 +323,9 @@ def measure_clip(clip: nn.Module, *, num: int = 200) -> dict[str, Any]:
     * `seen_accuracy` / `heldout_accuracy` / `stuff_accuracy`: zero-shot classification of
       `num` crops each (seen combinations, held-out combinations, stuff canvases) among all 24
       colour-shape names and the 5 stuff classes, with `TEMPLATES` ensembled.
+    * `seen_color_accuracy` / `seen_shape_accuracy` and the `heldout_` pair: the same thing
+      crops classified by one attribute alone, among the colour-only captions (`"red shape"`)
+      or the shape-only ones (`"star"`). They say which half of a held-out name is missed.
     * `dense_miou` (`"value"` path, SAM-MI's) and `dense_miou_plain`: per-patch zero-shot
       classes among `CLASS_NAMES` on `num` scenes at 128 px, upsampled bilinearly, scored with
       `samkit.metrics.semantic_metrics` (mIoU over classes present); `majority_miou` is the
@@ -357,8 +360,19 @@ def measure_clip(clip: nn.Module, *, num: int = 200) -> dict[str, Any]:
                 for c in crops
             ]
         )
-        pred = (clip.encode_image(torch.stack([c.image for c in crops])) @ text.T).argmax(-1)
+        image = clip.encode_image(torch.stack([c.image for c in crops]))
+        pred = (image @ text.T).argmax(-1)
         out[group] = round(float((pred == truth).float().mean()), 4)
+        if stuff == 0.0:  # which attribute fails: the colour alone, the shape alone
+            for attr, words, key in (
+                ("color", [f"{c} shape" for c in COLOR_NAMES], COLOR_NAMES),
+                ("shape", list(THING_CLASSES), THING_CLASSES),
+            ):
+                emb = clip.encode_text(words, templates=list(TEMPLATES)).embeddings
+                got = (image @ emb.T).argmax(-1)
+                want = torch.tensor([key.index(getattr(c, attr)) for c in crops])
+                name = group.replace("_accuracy", f"_{attr}_accuracy")
+                out[name] = round(float((got == want).float().mean()), 4)
     class_text = clip.encode_text(list(CLASS_NAMES), templates=list(TEMPLATES)).embeddings
     scenes = [generate_scene(seed0 + i, num_expressions=0) for i in range(num)]
     images = torch.stack([s.image for s in scenes])

@@ -77,3 +77,24 @@ def test_training_step_learns_crops_and_dense_alignment() -> None:
 def test_vocabulary_covers_every_combination_and_stuff() -> None:
     names, index = _vocabulary()
     assert len(names) == len(set(names)) == len(index) == 6 * 4 + 5
+
+
+def test_pretrain_clip_output_loads_through_the_builder(tmp_path) -> None:
+    """`samkit pretrain clip`'s weights file is a checkpoint `build_clip_backbone` accepts."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from samkit.cli import main
+
+    out = tmp_path / "run"
+    args = ["pretrain", "clip", "--out", str(out), "--steps", "2", "--eval-scenes", "1"]
+    assert main([*args, "--no-progress"]) == 0
+    path = out / "weights.safetensors"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float16 throughout: the activation is a guess
+        clip = build_clip_backbone("tiny-synth", checkpoint=path, quick_gelu=False)
+    saved = load_file(path)
+    state = clip.state_dict()
+    assert set(state) == set(saved)
+    assert all(torch.equal(state[k], saved[k].float()) for k in saved)
