@@ -1,4 +1,4 @@
-"""Train the tiny SAM-CP on synthetic panoptic scenes and evaluate PQ / mIoU / mask AP.
+"""Train a small SAM-CP on synthetic panoptic scenes and evaluate PQ / mIoU / mask AP.
 
 A thin caller of `samkit.engine`: the synthetic data sets, the tiny system, its task
 (`build_task("sam_cp", ...)`) and `Trainer(...).fit()`; the engine owns the optimizer, the
@@ -6,10 +6,11 @@ warm-up + cosine schedule, checkpoints (`--out/checkpoints/step_*.pt`), `--resum
 (`--out/log.jsonl`). What stays here is the example's own: the "unmerged" baseline, the table
 and `metrics.json`.
 
-Patches are either "oracle-split" ground-truth segments (`--patches oracle`, the default: every
-segment randomly cut into 1-4 connected parts, so learning can be checked without real SAM
-weights) or the tiny random-weight SAM's automatic masks (`--patches sam`). The model has to
-classify the parts and merge them back into instances.
+The system is the `tiny-synth` preset by default (the `tiny` heads on samkit's shipped pretrained
+SAM and CLIP); `--preset tiny` gives the same heads on random-weight backbones. Patches are
+either "oracle-split" ground-truth segments (`--patches oracle`, the default: every segment
+randomly cut into 1-4 connected parts) or the preset SAM's automatic masks (`--patches sam`). The
+model has to classify the parts and merge them back into instances.
 
 Example:
     python examples/train_sam_cp.py --steps 1500 --out runs/sam_cp
@@ -64,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--preset", default="tiny", help="system preset: tiny (random backbones) or tiny-synth"
+        "--preset",
+        default="tiny-synth",
+        help="system preset: tiny-synth (pretrained backbones) or tiny (random backbones)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true")

@@ -14,7 +14,7 @@ from tests._examples import load_example
 def test_save_and_resume(tmp_path: Path) -> None:
     train = load_example("train_sam_cp")
     common = ["--eval-scenes", "2", "--size", "64", "--no-progress", "--out", str(tmp_path)]
-    common += ["--train-scenes", "16"]
+    common += ["--train-scenes", "16", "--preset", "tiny"]
     first = train.main(["--steps", "2", "--eval-every", "0", *common])
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
     assert 0.0 <= first["baseline_pq"] <= 1.0  # the unmerged baseline (oracle parts)
@@ -31,14 +31,19 @@ def test_sam_patch_mode_trains_and_evaluates() -> None:
     train = load_example("train_sam_cp")
     out = train.main(
         ["--patches", "sam", "--steps", "2", "--eval-every", "0", "--eval-scenes", "2",
-         "--train-scenes", "8", "--size", "64", "--no-progress"]
+         "--train-scenes", "8", "--size", "64", "--no-progress", "--preset", "tiny"]
     )  # fmt: skip
     assert 0.0 <= out["pq"] <= 1.0 and 0.0 <= out["mIoU"] <= 1.0
     assert "baseline_pq" not in out  # the unmerged baseline needs oracle parts
 
 
 @pytest.mark.slow
-def test_tiny_sam_cp_merges_oracle_patches() -> None:
+def test_tiny_synth_sam_cp_merges_oracle_patches() -> None:
+    """The example's default run (pretrained `tiny-synth` backbones), seed 0.
+
+    Documented figures (docs/systems/sam-cp.md): PQ 0.778, things 0.505 against 0.244 for the
+    unmerged parts, mIoU 0.740; seeds 1 and 2 reach PQ 0.795 and 0.818.
+    """
     train = load_example("train_sam_cp")
     metrics = train.main(
         [
@@ -52,4 +57,6 @@ def test_tiny_sam_cp_merges_oracle_patches() -> None:
     )  # fmt: skip
     assert metrics["pq"] >= 0.5, metrics
     assert metrics["pq"] > metrics["baseline_pq"] + 0.15, metrics
-    assert metrics["mIoU"] > 0.4, metrics
+    # Merging does something for things, not only stuff: well above the unmerged parts.
+    assert metrics["pq_things"] > metrics["baseline_pq_things"] + 0.15, metrics
+    assert metrics["mIoU"] > 0.5, metrics
