@@ -364,13 +364,13 @@ def measure_clip(clip: nn.Module, *, num: int = 200) -> dict[str, Any]:
         pred = (image @ text.T).argmax(-1)
         out[group] = round(float((pred == truth).float().mean()), 4)
         if stuff == 0.0:  # which attribute fails: the colour alone, the shape alone
-            for attr, words, key in (
+            for attr, words, vocab in (
                 ("color", [f"{c} shape" for c in COLOR_NAMES], COLOR_NAMES),
                 ("shape", list(THING_CLASSES), THING_CLASSES),
             ):
                 emb = clip.encode_text(words, templates=list(TEMPLATES)).embeddings
                 got = (image @ emb.T).argmax(-1)
-                want = torch.tensor([key.index(getattr(c, attr)) for c in crops])
+                want = torch.tensor([vocab.index(getattr(c, attr)) for c in crops])
                 name = group.replace("_accuracy", f"_{attr}_accuracy")
                 out[name] = round(float((got == want).float().mean()), 4)
     class_text = clip.encode_text(list(CLASS_NAMES), templates=list(TEMPLATES)).embeddings
