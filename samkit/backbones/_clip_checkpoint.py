@@ -219,6 +219,17 @@ def _script_activation(module: torch.jit.ScriptModule) -> tuple[bool | None, str
     )
 
 
+def open_clip_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The open_clip model's state dict from a `ClipBackbone` one (`model.` prefixes removed).
+
+    `samkit pretrain clip` writes the backbone's state dict; a state dict already in open_clip's
+    layout is returned unchanged.
+    """
+    if all(k.startswith("model.") for k in state):
+        return {k[len("model.") :]: v for k, v in state.items()}
+    return state
+
+
 def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> ClipCheckpoint:
     """Read a CLIP state dict from a local file and what it says about QuickGELU.
 
@@ -267,9 +278,7 @@ def load_state_dict_file(checkpoint: str | os.PathLike[str]) -> ClipCheckpoint:
         if isinstance(obj, dict)
         else {}
     )
-    if state and all(k.startswith("model.") for k in state):
-        # samkit's own layout: a `ClipBackbone` state dict, as `samkit pretrain clip` writes.
-        state = {k[len("model.") :]: v for k, v in state.items()}
+    state = open_clip_state(state)  # samkit's own layout, as `samkit pretrain clip` writes
     if not state:
         raise ValueError(
             f"{path}: not a readable CLIP checkpoint: expected a state dict (a dict of tensors, "

@@ -29,7 +29,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from samkit._checks import as_class_names, as_image, check_shape
-from samkit.backbones._clip_checkpoint import create_clip_model, create_tokenizer
+from samkit.backbones._clip_checkpoint import create_clip_model, create_tokenizer, open_clip_state
 from samkit.backbones._clip_dense import DENSE_MODES, DenseMode, embed_images, run_dense_tower
 from samkit.backbones._clip_trainable import POLICIES, TrainablePolicy, apply_policy
 from samkit.backbones._shipped import SHIPPED_PRESETS, shipped_state_dict
@@ -493,17 +493,6 @@ def build_clip_backbone(
         resize_pos_embed(state, model)
         model.load_state_dict(state, strict=True)
     return ClipBackbone(model=model, tokenizer=create_tokenizer(name))
-
-
-def open_clip_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The open_clip model's state dict from a `ClipBackbone` one (`model.` prefixes removed).
-
-    `samkit pretrain clip` writes the backbone's state dict; a state dict already in open_clip's
-    layout is returned unchanged.
-    """
-    if all(k.startswith("model.") for k in state):
-        return {k[len("model.") :]: v for k, v in state.items()}
-    return state
 
 
 def similarity_map(features: Tensor, text: Tensor, *, eps: float = 1e-12) -> Tensor:

@@ -343,6 +343,18 @@ def measure_clip(clip: nn.Module, *, num: int = 200) -> dict[str, Any]:
     assert isinstance(clip, ClipBackbone)
     names, index = _vocabulary()
     text = clip.encode_text(names, templates=list(TEMPLATES)).embeddings
+    attributes = {  # attribute -> (its values, the text embeddings of their captions)
+        "color": (
+            COLOR_NAMES,
+            clip.encode_text(
+                [f"{c} shape" for c in COLOR_NAMES], templates=list(TEMPLATES)
+            ).embeddings,
+        ),
+        "shape": (
+            THING_CLASSES,
+            clip.encode_text(list(THING_CLASSES), templates=list(TEMPLATES)).embeddings,
+        ),
+    }
     out: dict[str, Any] = {}
     seed0 = 10**9
     for group, allowed, stuff in (
@@ -364,11 +376,7 @@ def measure_clip(clip: nn.Module, *, num: int = 200) -> dict[str, Any]:
         pred = (image @ text.T).argmax(-1)
         out[group] = round(float((pred == truth).float().mean()), 4)
         if stuff == 0.0:  # which attribute fails: the colour alone, the shape alone
-            for attr, words, vocab in (
-                ("color", [f"{c} shape" for c in COLOR_NAMES], COLOR_NAMES),
-                ("shape", list(THING_CLASSES), THING_CLASSES),
-            ):
-                emb = clip.encode_text(words, templates=list(TEMPLATES)).embeddings
+            for attr, (vocab, emb) in attributes.items():
                 got = (image @ emb.T).argmax(-1)
                 want = torch.tensor([vocab.index(getattr(c, attr)) for c in crops])
                 name = group.replace("_accuracy", f"_{attr}_accuracy")
