@@ -177,6 +177,7 @@ def test_example_resume_refuses_crafted_checkpoint(
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     MARKER.clear()
     args = ["--out", str(tmp_path), "--no-progress", "--train-scenes", "2", "--val-scenes", "1"]
+    args += ["--preset", "tiny"]
     with pytest.raises(ValueError, match="step_000000001.pt: not a readable samkit training"):
         ex.main([*args, "--size", "32", "--steps1", "1", "--steps2", "1", "--resume"])
     assert MARKER == []

@@ -136,7 +136,13 @@ class SAMMIConfig:
         """`tiny` heads on the shipped pretrained `tiny-synth` SAM and CLIP (128 px CLIP input).
 
         The pretrained CLIP's image-text alignment is kept as the paper does: only its q and v
-        projections are fine-tuned, at a tenth of the base learning rate.
+        projections are fine-tuned, at a tenth of the base learning rate. `lambda_mse` is 100,
+        not the paper's 0.5: `L_mse` is a mean over the `g x g` cells, whose targets are mostly
+        zero (a few hundredths where a segment lies), so at 0.5 it is under 1 % of `L_tspp`
+        and the probability head learns to under-predict small segments (about fourfold on
+        generated scenes, which then get no point); at 100 TSPP reaches the coverage target
+        (docs/systems/sam-mi.md). The paper does not say whether its MSE is a mean or a sum
+        over cells; a sum over the 1024 cells would make its 0.5 a 512 here.
         """
         base = cls.tiny(
             clip_name="tiny-synth",
@@ -144,6 +150,7 @@ class SAMMIConfig:
             sam_variant="tiny-synth",
             clip_finetune="attention_qv",
             clip_lr_multiplier=0.1,
+            lambda_mse=100.0,
         )
         return dataclasses.replace(base, **overrides)
 
